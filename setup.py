@@ -1,0 +1,35 @@
+"""
+Packaging for cuckoodist.
+
+The twistd plugin lives in C{twisted/plugins/}, which is a namespace shared
+with Twisted itself: it must never get an C{__init__.py} and is listed by file
+so that uninstalling cuckoodist removes only our plugin, not Twisted.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cuckoodist",
+    version="0.1.0",
+    description="A fault-tolerant AMQP pipeline between CRITs and Cuckoo sandboxes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]) + ["twisted.plugins"],
+    package_data={"cuckoodist.amqp": ["spec/*.xml"]},
+    install_requires=[
+        "Twisted[tls]>=24.7",
+        "treq>=24.9",
+        "txAMQP==0.8.2",
+        "PyYAML>=6",
+        "ijson>=3.2",
+        "attrs>=23.1",
+    ],
+    entry_points={"console_scripts": ["cuckoodist = cuckoodist.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Security",
+    ],
+)
