@@ -615,7 +615,14 @@ _STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "max_dropped_bytes",
         "crits_max_body",
     ),
-    "overseer": ("type", "consumer_queue", "prefetch_count", "dump_dir", "max_retries", "retry_delay"),
+    "overseer": (
+        "type",
+        "consumer_queue",
+        "prefetch_count",
+        "dump_dir",
+        "max_retries",
+        "retry_delay",
+    ),
 }
 
 _STAGE_CLASSES: dict[str, type] = {
@@ -663,7 +670,10 @@ def _parse_stage(value: Any, path: _Path, cuckoos: Mapping[str, CuckooConfig]) -
 
     _check_keys(doc, path, allowed, elsewhere)
     cls = _STAGE_CLASSES[kind]
-    defaults = {f.name: f.default for f in attrs.fields(cls)}
+    defaults = {
+        f.name: _REQUIRED if f.default is attrs.NOTHING else f.default
+        for f in attrs.fields(cls)
+    }
     values: dict[str, Any] = {}
     for key in allowed[1:]:
         if key == "producer_queue":
