@@ -392,12 +392,23 @@ def _one_of(choices: tuple[str, ...]) -> _Check[str]:
     return check
 
 
+def _printable(key: object) -> str:
+    """
+    Render a key from the document for a path in an error message, escaping
+    newlines and control characters so the message stays one clean line.
+    """
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def _mapping(value: Any, path: _Path) -> dict:
     if not isinstance(value, dict):
         raise _wrong_type("a mapping", value, path)
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(f"keys must be strings, got {_kind(key)}", path + (key,))
+            raise ConfigError(
+                f"keys must be strings, got {_kind(key)}", path + (_printable(key),)
+            )
     return value
 
 
@@ -415,7 +426,7 @@ def _check_keys(
     for key in doc:
         if key not in allowed:
             advice = hint(key) or _did_you_mean(key, allowed)
-            raise ConfigError("unknown key" + advice, path + (key,))
+            raise ConfigError("unknown key" + advice, path + (_printable(key),))
 
 
 def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
@@ -553,8 +564,10 @@ def _parse_cuckoos(value: Any, path: _Path) -> dict[str, CuckooConfig]:
     found: dict[str, CuckooConfig] = {}
     for name, entry in doc.items():
         where = path + (name,)
-        if not name:
-            raise ConfigError("a Cuckoo name must not be empty", where)
+        if not name or not name.isprintable():
+            raise ConfigError(
+                "a Cuckoo name must be non-empty and printable", path + (_printable(name),)
+            )
         entry = _mapping(entry, where)
         _check_keys(entry, where, ("url", "token", "verify_ssl"))
         cuckoo = CuckooConfig(
@@ -768,10 +781,10 @@ def _find_duplicate_keys(node: yaml.Node, path: _Path, seen: set[int]) -> None:
                 if ident in keys:
                     raise ConfigError(
                         f"duplicate key on line {line}, first given on line {keys[ident]}",
-                        path + (key_node.value,),
+                        path + (_printable(key_node.value),),
                     )
                 keys[ident] = line
-                _find_duplicate_keys(value_node, path + (key_node.value,), seen)
+                _find_duplicate_keys(value_node, path + (_printable(key_node.value),), seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _find_duplicate_keys(item, path + (index,), seen)

@@ -316,6 +316,21 @@ class StructureErrorTests(ErrorAssertions, SynchronousTestCase):
             doc, "Error in configuration at 'cuckoo.main.8090': keys must be strings, got an integer"
         )
 
+    def test_control_characters_in_key(self) -> None:
+        """
+        A key with a newline or escape in it is shown escaped, so the message
+        stays on one line and cannot rewrite a terminal.
+        """
+        self.assertConfigError(
+            minimal(**{"log\nlevel": 1}),
+            "Error in configuration at ''log\\nlevel'': unknown key; did you mean 'log_level'?",
+        )
+        self.assertConfigError(
+            minimal(cuckoo={"\x1b[2J": {"url": "http://c"}}),
+            "Error in configuration at 'cuckoo.'\\x1b[2J'': "
+            "a Cuckoo name must be non-empty and printable",
+        )
+
     def test_unknown_section_key(self) -> None:
         """
         Unknown keys inside sections are refused with their full path.
