@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_amqp -*-
+"""
+Consuming one queue with at-least-once semantics.
+
+L{QueueConsumer} owns one channel on the shared connection.  It hands each
+delivery to a handler together with an L{Outbox} bound to the same channel,
+and acks the delivery only when the handler returns, which for our stages
+means after their output was confirmed by the broker.  If the channel or
+connection dies meanwhile, the ack is never sent and the broker redelivers:
+duplicates are possible, loss is not.
+"""
+
+import itertools
+from typing import Awaitable, Callable, Mapping
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from cuckoodist.amqp.protocol import Channel, Closed, describe_close
+from cuckoodist.amqp.topology import declare_delay, declare_queue
+
+__all__ = ["Delivery", "Outbox", "QueueConsumer", "Handler"]
+
+log = Logger()
+
+_consumer_numbers = itertools.count(1)
+
+
+@attrs.frozen
+class Delivery:
+    """
+    One message taken from a queue.
+
+    @ivar routing_key: the queue it was published to; a dead-lettered
+        message keeps its original routing key.
+    """
+
+    body: bytes
+    routing_key: str
+    delivery_tag: int
+    redelivered: bool
+    headers: Mapping[str, object] = attrs.field(factory=dict)
+
+
+class Outbox:
+    """
+    What a handler may publish, on the channel its delivery came from:
+    persistent, confirmed messages, now or after a broker-held delay.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._declared: dict[object, Deferred] = {}
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """
+        Publish C{body} to C{queue} (declaring it durable) and wait for the
+        broker's confirm.
+        """
+        await self._ensure(("queue", queue), lambda: declare_queue(self._channel, queue))
+        await self._channel.publish(queue, body)
+
+    async def publish_later(self, queue: str, body: bytes, delay: float) -> None:
+        """
+        Publish C{body} so that it reaches C{queue} after C{delay} seconds,
+        held by the broker; wait for the confirm.
+        """
+        await self._ensure(("queue", queue), lambda: declare_queue(self._channel, queue))
+        exchange = await self._ensure(("delay", delay), lambda: declare_delay(self._channel, delay))
+        await self._channel.publish(queue, body, exchange=exchange)
+
+    async def _ensure(self, key: object, declare: Callable[[], Awaitable[object]]) -> object:
+        if key not in self._declared:
+            self._declared[key] = await declare()
+        return self._declared[key]
+
+
+Handler = Callable[[Delivery, Outbox], Awaitable[None]]
+
+
+class QueueConsumer(Service):
+    """
+    Consume C{queue} with at most C{prefetch} deliveries in flight.
+
+    The consumer survives connection loss: it waits for the connection
+    service to reconnect, then opens a new channel, re-declares and resumes.
+    On stop it cancels its consumer, gives in-flight work C{grace_period}
+    seconds to finish (and be acked), then abandons the rest unacked.
+
+    @param connection: a L{ClientService} whose C{whenConnected} gives an
+        authenticated L{AMQPClient}.
+    @param handler: called per delivery; returning acks the delivery,
+        raising leaves it for redelivery.
+    """
+
+    def __init__(
+        self,
+        connection: object,
+        queue: str,
+        prefetch: int,
+        handler: Handler,
+        clock: IReactorTime,
+        grace_period: float = 30.0,
+    ) -> None:
+        self.name = f"consumer:{queue}"
+        self._connection = connection
+        self._queue = queue
+        self._prefetch = prefetch
+        self._handler = handler
+        self._clock = clock
+        self._grace_period = grace_period
+        self._loop: Deferred | None = None
+        self._channel: Channel | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[Deferred] = set()
+        self.consuming = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = Deferred.fromCoroutine(self._run())
+        self._loop.addErrback(lambda f: f.trap(CancelledError))
+
+    async def _run(self) -> None:
+        failures = 0
+        while self.running:
+            client = await self._connection.whenConnected()
+            try:
+                await self._serve(client)
+                failures = 0
+            except CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                log.warn(
+                    "Consumer of {queue} stopped: {why}",
+                    queue=self._queue,
+                    why=describe_close(e),
+                )
+            finally:
+                self.consuming = False
+                self._channel = None
+            if self.running:
+                await deferLater(self._clock, min(30.0, 0.5 * 2 ** min(failures, 6)), lambda: None)
+
+    async def _serve(self, client: object) -> None:
+        channel = await client.open_channel()
+        await channel.enable_confirms()
+        await declare_queue(channel, self._queue)
+        await channel.basic_qos(prefetch_count=self._prefetch)
+        tag = f"cuckoodist.{self._queue}.{next(_consumer_numbers)}"
+        channel.track_consumer(tag)
+        deliveries = await client.queue(tag)
+        await channel.basic_consume(queue=self._queue, consumer_tag=tag)
+        self._channel, self._consumer_tag = channel, tag
+        self.consuming = True
+        log.info("Consuming {queue} (prefetch {n})", queue=self._queue, n=self._prefetch)
+        outbox = Outbox(channel)
+        while True:
+            message = await deliveries.get()
+            delivery = Delivery(
+                body=_as_bytes(message.content.body),
+                routing_key=message.routing_key,
+                delivery_tag=message.delivery_tag,
+                redelivered=bool(message.redelivered),
+                headers=message.content.properties.get("headers") or {},
+            )
+            work = Deferred.fromCoroutine(self._process(channel, outbox, delivery))
+            self._in_flight.add(work)
+            work.addBoth(lambda r, w=work: (self._in_flight.discard(w), r)[1])
+
+    async def _process(self, channel: Channel, outbox: Outbox, delivery: Delivery) -> None:
+        try:
+            await self._handler(delivery, outbox)
+        except CancelledError:
+            log.info("Abandoned unfinished work on {queue}; it stays unacked", queue=self._queue)
+            return
+        except Closed as e:
+            log.warn("Channel lost mid-work on {queue}: {why}; left for redelivery", queue=self._queue, why=describe_close(e))
+            return
+        except Exception:
+            log.failure("Handler for {queue} failed; message requeued", queue=self._queue)
+            if not channel.closed:
+                channel.basic_reject(delivery_tag=delivery.delivery_tag, requeue=True)
+            return
+        if channel.closed:
+            log.warn("Finished work on {queue} after its channel closed; it will be redelivered", queue=self._queue)
+            return
+        channel.basic_ack(delivery_tag=delivery.delivery_tag)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        channel, tag = self._channel, self._consumer_tag
+        if channel is not None and not channel.closed and tag is not None:
+            try:
+                await channel.basic_cancel(consumer_tag=tag).addTimeout(5, self._clock)
+            except Exception as e:
+                log.info("Could not cancel consumer {tag}: {why}", tag=tag, why=describe_close(e))
+        if self._loop is not None:
+            self._loop.cancel()
+        pending = list(self._in_flight)
+        if pending:
+            log.info(
+                "Draining {n} message(s) in flight on {queue} (up to {s} s)",
+                n=len(pending),
+                queue=self._queue,
+                s=self._grace_period,
+            )
+            waiting = DeferredList(pending, consumeErrors=True)
+            timer = self._clock.callLater(self._grace_period, lambda: [d.cancel() for d in list(self._in_flight)])
+            await waiting
+            if timer.active():
+                timer.cancel()
+
+
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    return str(body).encode("utf-8")

@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_cuckoo_client -*-
+"""
+The Cuckoo REST API, as used by the pipeline (Cuckoo 1.2 and 2.0.x).
+
+Each method maps status codes to our failure vocabulary, because only the
+API knows what they mean: a 404 on a report means "not written yet" and is
+worth waiting for, a 404 on a delete means "already gone" and is success,
+a 401 means the token is wrong and no retry will fix it.  The bearer token
+is sent only to the instance it was configured for and never logged.
+"""
+
+from typing import Any, BinaryIO, Mapping
+
+from cuckoodist.errors import PermanentError, TransientError
+from cuckoodist.http import HTTPClient, Response
+
+__all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED"]
+
+#: Form fields /tasks/create/file understands; other payload keys are ignored.
+SUBMIT_FIELDS = frozenset(
+    {
+        "package", "timeout", "priority", "options", "machine", "platform", "tags",
+        "custom", "owner", "memory", "enforce_timeout", "clock", "unique",
+    }
+)
+
+#: Task states after which there is a report to fetch.
+FINISHED = frozenset({"reported"})
+
+#: Task states that will never produce a report.
+FAILED = frozenset({"failed_analysis", "failed_processing", "failed_reporting", "recovered"})
+
+
+class CuckooClient:
+    """
+    One Cuckoo instance.
+
+    @param url: base URL without a trailing slash.
+    @param token: Cuckoo 2.0.7's C{api_token}; empty for no auth.
+    """
+
+    def __init__(self, http: HTTPClient, url: str, token: str = "", verify_ssl: bool = True) -> None:
+        self.url = url.rstrip("/")
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._verify = verify_ssl
+
+    def __repr__(self) -> str:
+        return f"<CuckooClient {self.url}>"
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Response:
+        response = await self._http.request(
+            method,
+            self.url + path,
+            headers=self._headers,
+            verify=self._verify,
+            what=f"Cuckoo {self.url}",
+            **kwargs,
+        )
+        if response.code == 401:
+            raise PermanentError(f"Cuckoo {self.url} refused our API token (401)")
+        if response.code >= 500:
+            raise TransientError(f"Cuckoo {self.url} answered {response.code} on {path}{_message(response)}")
+        return response
+
+    async def status(self) -> Mapping[str, Any]:
+        """
+        GET /cuckoo/status: version, task counts and (2.0, or a patched
+        1.2) free disk space.
+        """
+        response = await self._call("GET", "/cuckoo/status", max_body=1024 * 1024)
+        return _json_object(response, self.url, "/cuckoo/status")
+
+    async def submit(self, file_name: str, data: bytes, options: Mapping[str, str]) -> int:
+        """
+        POST /tasks/create/file with the sample and its options.
+
+        @return: the new task id.
+        @raise PermanentError: Cuckoo refused the submission (4xx) or did
+            not create a task.
+        """
+        fields = [(key, value) for key, value in sorted(options.items()) if key in SUBMIT_FIELDS]
+        response = await self._call(
+            "POST",
+            "/tasks/create/file",
+            data=fields,
+            files={"file": (file_name, "application/octet-stream", data)},
+            max_body=1024 * 1024,
+        )
+        if response.code != 200:
+            raise PermanentError(f"Cuckoo {self.url} refused the sample ({response.code}){_message(response)}")
+        doc = _json_object(response, self.url, "/tasks/create/file")
+        task_id = doc.get("task_id")
+        if isinstance(task_id, list) and task_id:
+            task_id = task_id[0]
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id <= 0:
+            # Cuckoo answers 200 {"task_id": null} when its database failed.
+            raise TransientError(f"Cuckoo {self.url} created no task (task_id={task_id!r})")
+        return task_id
+
+    async def view(self, task_id: int) -> Mapping[str, Any]:
+        """
+        GET /tasks/view/<id>: the task, with its C{status} and C{errors}.
+
+        @raise PermanentError: the task does not exist (404).
+        """
+        response = await self._call("GET", f"/tasks/view/{task_id}", max_body=4 * 1024 * 1024)
+        if response.code == 404:
+            raise PermanentError(f"Cuckoo {self.url} has no task {task_id}")
+        if response.code != 200:
+            raise TransientError(f"Cuckoo {self.url} answered {response.code} for task {task_id}")
+        task = _json_object(response, self.url, "/tasks/view").get("task")
+        if not isinstance(task, dict):
+            raise TransientError(f"Cuckoo {self.url} sent a task view without a task")
+        return task
+
+    async def download_report(self, task_id: int, sink: BinaryIO, max_size: int) -> None:
+        """
+        Stream report.json into C{sink}, refusing more than C{max_size}
+        bytes.
+
+        @raise TransientError: 404, the report is not written yet.
+        """
+        await self._download(f"/tasks/report/{task_id}/json", sink, max_size, "report")
+
+    async def download_dropped(self, task_id: int, sink: BinaryIO, max_size: int) -> None:
+        """
+        Stream the dropped-files archive (tar.bz2 by default) into C{sink}.
+        """
+        await self._download(f"/tasks/report/{task_id}/dropped", sink, max_size, "dropped files")
+
+    async def _download(self, path: str, sink: BinaryIO, max_size: int, what: str) -> None:
+        response = await self._call("GET", path, sink=sink, max_body=max_size)
+        if response.code == 404:
+            raise TransientError(f"Cuckoo {self.url} has no {what} for {path} yet (404)")
+        if response.code != 200:
+            raise PermanentError(f"Cuckoo {self.url} answered {response.code} for {path}")
+
+    async def delete(self, task_id: int) -> None:
+        """
+        GET /tasks/delete/<id>.  A task that is already gone counts as
+        deleted.
+        """
+        response = await self._call("GET", f"/tasks/delete/{task_id}", max_body=1024 * 1024)
+        if response.code not in (200, 404):
+            raise PermanentError(f"Cuckoo {self.url} refused to delete task {task_id} ({response.code})")
+
+
+def _json_object(response: Response, url: str, path: str) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        raise TransientError(f"Cuckoo {url} sent non-JSON for {path}") from None
+    if not isinstance(doc, dict):
+        raise TransientError(f"Cuckoo {url} sent unexpected JSON for {path}")
+    return doc
+
+
+def _message(response: Response) -> str:
+    """
+    Cuckoo 2.0's C{{"message": ...}} error text, if any, as a suffix.
+    """
+    try:
+        message = response.json().get("message")
+    except Exception:
+        return ""
+    return f": {str(message)[:200]}" if message else ""

@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_http -*-
+"""
+HTTP for talking to Cuckoo and CRITs: bounded in time and in memory.
+
+treq's C{timeout=} only covers the wait for response headers; a peer that
+trickles its body would hold a call forever.  L{HTTPClient.request} puts one
+deadline on the whole call, body included, and reads bodies either into
+memory up to a cap or straight into a file up to a cap.  Transport failures
+(refused, reset, DNS, timeout) become L{TransientError}; deciding what a
+status code means is left to the caller, who knows the API.
+"""
+
+import json
+from typing import Any, BinaryIO, Mapping
+
+import attrs
+import treq
+from treq.client import HTTPClient as TreqClient
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.internet.ssl import CertificateOptions
+from zope.interface import implementer
+
+from cuckoodist.errors import PermanentError, TransientError
+
+__all__ = ["HTTPClient", "Response", "BodyTooLarge"]
+
+
+class BodyTooLarge(PermanentError):
+    """
+    A response body exceeded the limit the caller set.
+    """
+
+
+@attrs.frozen
+class Response:
+    """
+    A finished HTTP exchange.  C{body} is empty when the body was streamed
+    to a file.
+    """
+
+    code: int
+    headers: Mapping[bytes, list[bytes]]
+    body: bytes
+
+    def json(self) -> Any:
+        """
+        Decode the body as JSON.
+
+        @raise ValueError: it is not JSON.
+        """
+        return json.loads(self.body)
+
+
+@implementer(IPolicyForHTTPS)
+class _NoVerification:
+    """
+    TLS without certificate checks, for peers configured with
+    C{verify_ssl: false} (self-signed lab sandboxes).  Never the default.
+    """
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return CertificateOptions(verify=False)
+
+
+class _Sink:
+    """
+    Collects a body into memory or a file, refusing more than C{limit}
+    bytes.
+    """
+
+    def __init__(self, limit: int, fp: BinaryIO | None) -> None:
+        self.limit = limit
+        self.fp = fp
+        self.size = 0
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise BodyTooLarge(f"response body exceeds {self.limit} bytes")
+        if self.fp is None:
+            self.parts.append(data)
+        else:
+            self.fp.write(data)
+
+
+class HTTPClient:
+    """
+    One connection pool per TLS policy, shared by every stage of the daemon.
+
+    @param reactor: provides TCP, TLS and time.
+    @param timeout: default seconds for a whole call, body included.
+    """
+
+    def __init__(self, reactor: Any, timeout: float, persistent: bool = True) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._pools = []
+        self._clients = {}
+        for verify, policy in ((True, BrowserLikePolicyForHTTPS()), (False, _NoVerification())):
+            pool = HTTPConnectionPool(reactor, persistent=persistent)
+            pool.maxPersistentPerHost = 8
+            pool.retryAutomatically = False
+            self._pools.append(pool)
+            self._clients[verify] = TreqClient(Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=15))
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        data: Any = None,
+        files: Any = None,
+        verify: bool = True,
+        max_body: int = 16 * 1024 * 1024,
+        sink: BinaryIO | None = None,
+        timeout: float | None = None,
+        what: str = "",
+    ) -> Response:
+        """
+        Make one HTTP call and read its whole body.
+
+        @param max_body: refuse bodies larger than this many bytes.
+        @param sink: write the body here instead of keeping it in memory.
+        @param what: names the peer in error messages, e.g. C{"Cuckoo"}.
+        @raise TransientError: the peer could not be reached or the call
+            timed out.
+        @raise BodyTooLarge: the body went past C{max_body}.
+        """
+        seconds = self._timeout if timeout is None else timeout
+        client = self._clients[bool(verify)]
+
+        async def call() -> Response:
+            response = await client.request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                data=data,
+                files=files,
+                unbuffered=True,
+            )
+            length = response.length
+            if isinstance(length, int) and length > max_body:
+                # Refusing the first chunk makes treq drop the connection.
+                await treq.collect(response, _Sink(-1, None).write).addErrback(lambda _: None)
+                raise BodyTooLarge(f"{what or 'peer'} announced {length} bytes, over the {max_body}-byte limit")
+            collector = _Sink(max_body, sink)
+            await treq.collect(response, collector.write)
+            return Response(response.code, dict(response.headers.getAllRawHeaders()), b"".join(collector.parts))
+
+        d = Deferred.fromCoroutine(call())
+        d.addTimeout(seconds, self._reactor)
+        try:
+            return await d
+        except (PermanentError, TransientError):
+            raise
+        except (TimeoutError, CancelledError):
+            raise TransientError(f"{what or 'peer'} did not answer {method} {_path(url)} within {seconds:g} s") from None
+        except Exception as e:
+            raise TransientError(f"{what or 'peer'} unreachable for {method} {_path(url)}: {_describe(e)}") from None
+
+    def close(self) -> Deferred:
+        """
+        Drop every cached connection; fires when they are closed.
+        """
+        return gatherResults([pool.closeCachedConnections() for pool in self._pools])
+
+
+def _path(url: str) -> str:
+    """
+    The URL without its query string (which could carry credentials).
+    """
+    return url.split("?", 1)[0]
+
+
+def _describe(error: Exception) -> str:
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(str(r.value) for r in reasons)
+    return str(error) or type(error).__name__
