@@ -47,6 +47,7 @@ from cuckoodist.simulators.server import (
     FaultInjector,
     FormError,
     RequestCounter,
+    header,
     check_fraction,
     check_non_negative,
     parse_control,
@@ -786,7 +787,7 @@ class _CuckooResource(Resource):
         sim.requests.hit(route_name)
         try:
             if sim._token and not sim.legacy:
-                given = request.getHeader(b"authorization") or ""
+                given = header(request, b"authorization") or ""
                 expected = "Bearer " + sim._token
                 if not hmac.compare_digest(given.encode("latin-1", "replace"),
                                            expected.encode("utf-8")):

@@ -293,13 +293,22 @@ def send_body(
     size = -(-len(body) // chunks)
     pieces = [body[i : i + size] for i in range(0, len(body), size)]
     interval = slow_seconds / len(pieces)
+    start = clock.seconds()
     pending: list[IDelayedCall] = []
+    written = [0]
+
+    def schedule() -> None:
+        # Aim at absolute times, so a test clock advanced in one big step
+        # still delivers every piece that is due.
+        due = start + interval * (written[0] + 1)
+        pending.append(clock.callLater(max(0.0, due - clock.seconds()), write_next))
 
     def write_next() -> None:
         pending.clear()
-        request.write(pieces.pop(0))
-        if pieces:
-            pending.append(clock.callLater(interval, write_next))
+        request.write(pieces[written[0]])
+        written[0] += 1
+        if written[0] < len(pieces):
+            schedule()
         else:
             request.finish()
 
@@ -310,7 +319,7 @@ def send_body(
         pending.clear()
 
     request.notifyFinish().addErrback(gone)
-    pending.append(clock.callLater(interval, write_next))
+    schedule()
     return NOT_DONE_YET
 
 
