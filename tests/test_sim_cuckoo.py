@@ -54,9 +54,10 @@ class Client:
         self.stub = StubTreq(resource)
 
     def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+                headers: dict[str, str] | None = None,
+                allow_redirects: bool = True) -> tuple[int, Any, bytes]:
         d = self.stub.request(method, "http://cuckoo.test" + path, data=body,
-                              headers=headers or {})
+                              headers=headers or {}, allow_redirects=allow_redirects)
         response = self.case.successResultOf(d)
         content = self.case.successResultOf(self.stub.content(response))
         return response.code, response.headers, content
