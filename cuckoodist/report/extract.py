@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_report -*-
+"""
+Extract CRITs rows from a Cuckoo report of any size in flat memory.
+
+Real reports reach hundreds of megabytes, nearly all of it
+C{behavior.processes[].calls}; C{json.load} needs about ten times the file
+size in RAM.  This module reads the report once with ijson's C (yajl2)
+parser and never builds more than one small piece at a time.
+
+How it stays fast: a Python loop over every parser event runs at roughly
+C{json.load}'s speed, not faster (see C{docs/performance.md}).  So Python
+only walks the few events outside the bulky parts.  Whenever a subtree is
+not wanted, or is a call list, the loop hands the shared event iterator to
+C-implemented consumers that stop at the subtree's own end event::
+
+    takewhile(end_event.__ne__, events)
+
+(C{end_event} is e.g. C{("behavior.processes.item.calls", "end_array",
+None)}; nested events always carry a longer prefix, so the first equal event
+is the subtree's end).  Skipping drains that with C{deque(maxlen=0)}, counting
+calls sums C{start_call.__eq__} over it, and building a value (a signature,
+an C{info} dict, the first kept calls) feeds it to ijson's C
+C{items_basecoro}.  None of these run Python code per event.
+
+The function is synchronous and keeps no state outside its own call, so the
+stage runs it in a worker thread on a spooled temporary file.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import islice, takewhile
+from typing import Any, BinaryIO, Iterator
+
+import ijson
+from ijson.backends import yajl2_c
+from ijson.utils import sendable_list
+
+from cuckoodist.errors import PermanentError
+from cuckoodist.report.rows import (
+    PROCESS_HEADER_KEYS,
+    ExtractOptions,
+    Extraction,
+    RowCollector,
+)
+
+__all__ = ["extract_results"]
+
+Event = tuple[str, str, Any]
+
+_CALLS = "behavior.processes.item.calls"
+_CALL = _CALLS + ".item"
+_START_CALL: Event = (_CALL, "start_map", None)
+_END_CALLS: Event = (_CALLS, "end_array", None)
+
+#: Bytes read from the file at a time.
+_BUFFER_SIZE = 256 * 1024
+#: Events pushed into the call builder between checks of the cap.
+_CHUNK = 1 << 15
+
+_ENDS = {"start_map": "end_map", "start_array": "end_array"}
+_NETWORK_LISTS = ("hosts", "domains", "http")
+
+
+def _end_of(first: Event) -> Event | None:
+    """
+    @return: the event closing the container C{first} opens, or C{None} if
+        C{first} is a scalar.
+    """
+    end = _ENDS.get(first[1])
+    return None if end is None else (first[0], end, None)
+
+
+def _skip(events: Iterator[Event], first: Event) -> None:
+    """
+    Consume the rest of the value that starts with C{first}, in C.
+    """
+    end = _end_of(first)
+    if end is not None:
+        deque(takewhile(end.__ne__, events), maxlen=0)
+
+
+def _build(events: Iterator[Event], first: Event) -> Any:
+    """
+    Build the value that starts with C{first} into Python objects, in C.
+    """
+    end = _end_of(first)
+    if end is None:
+        return first[2]
+    sink = sendable_list()
+    builder = yajl2_c.items_basecoro(sink, first[0])
+    builder.send(first)
+    deque(map(builder.send, takewhile(end.__ne__, events)), maxlen=0)
+    builder.send(end)
+    return sink[0]
+
+
+def _entries(events: Iterator[Event]) -> Iterator[tuple[str, Event]]:
+    """
+    Iterate over the entries of the map whose C{start_map} was just read,
+    giving each key and the first event of its value.  The caller must
+    consume each value (L{_skip} or L{_build}) before asking for the next.
+    """
+    for _, event, key in events:
+        if event != "map_key":
+            return  # end_map
+        yield key, next(events)
+
+
+def _items(events: Iterator[Event]) -> Iterator[Event]:
+    """
+    Iterate over the items of the array whose C{start_array} was just read,
+    giving the first event of each; same contract as L{_entries}.
+    """
+    for first in events:
+        if first[1] == "end_array":
+            # An item's first event is never an end, so this is the array's.
+            return
+        yield first
+
+
+def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
+    """
+    Consume one process's call list after its C{start_array}.
+
+    @param room: how many calls may still be kept.
+    @return: the first (at most C{room}) dict calls, and how many dict calls
+        the list holds.
+    """
+    calls = takewhile(_END_CALLS.__ne__, events)
+    if room <= 0:
+        return [], sum(map(_START_CALL.__eq__, calls))
+    sink = sendable_list()
+    builder = yajl2_c.items_basecoro(sink, _CALL)
+    push = builder.send
+    kept: list[dict] = []
+    seen = 0
+    while True:
+        pushed = deque(map(push, islice(calls, _CHUNK)), maxlen=1)
+        built = [call for call in sink if type(call) is dict]
+        del sink[:]
+        seen += len(built)
+        kept.extend(built[:room - len(kept)])
+        if not pushed:
+            return kept, seen
+        if len(kept) >= room:
+            break
+    # The cap is reached: finish the call being built (if any), then only
+    # count the calls that follow.
+    for event in calls:
+        if event == _START_CALL:
+            seen += 1 + sum(map(_START_CALL.__eq__, calls))
+            break
+        push(event)
+    seen += sum(1 for call in sink if type(call) is dict)
+    return kept, seen
+
+
+def _process(events: Iterator[Event], collector: RowCollector) -> None:
+    """
+    Consume one process dict after its C{start_map}.
+    """
+    header: dict[str, Any] = {}
+    kept: list[dict] = []
+    seen = 0
+    for key, first in _entries(events):
+        if key == "calls" and first[1] == "start_array":
+            more, count = _calls(events, collector.call_room - len(kept))
+            kept.extend(more)
+            seen += count
+        elif key in PROCESS_HEADER_KEYS:
+            header[key] = _build(events, first)
+        else:
+            _skip(events, first)
+    collector.add_process(header, kept, seen)
+
+
+def _behavior(events: Iterator[Event], collector: RowCollector) -> None:
+    for key, first in _entries(events):
+        if key == "processes" and first[1] == "start_array":
+            for item in _items(events):
+                if item[1] == "start_map":
+                    _process(events, collector)
+                else:
+                    _skip(events, item)
+        elif key == "summary" and first[1] == "start_map":
+            for name, value in _entries(events):
+                if collector.wants_summary(name):
+                    collector.add_summary(name, _build(events, value))
+                else:
+                    _skip(events, value)
+        else:
+            _skip(events, first)
+
+
+def _network(events: Iterator[Event], collector: RowCollector) -> None:
+    adders = {"hosts": collector.add_host, "domains": collector.add_domain,
+              "http": collector.add_http}
+    for key, first in _entries(events):
+        add = adders.get(key)
+        if add is not None and first[1] == "start_array":
+            for item in _items(events):
+                add(_build(events, item))
+        else:
+            _skip(events, first)
+
+
+def _document(events: Iterator[Event], collector: RowCollector) -> None:
+    first = next(events)
+    if first[1] != "start_map":
+        _skip(events, first)
+        return
+    for key, value in _entries(events):
+        collector.evidence.top_key(key)
+        kind = value[1]
+        if key == "info":
+            collector.set_info(_build(events, value))
+        elif key == "signatures" and kind == "start_array":
+            for item in _items(events):
+                collector.add_signature(_build(events, item))
+        elif key == "behavior" and kind == "start_map":
+            _behavior(events, collector)
+        elif key == "network" and kind == "start_map":
+            _network(events, collector)
+        else:
+            _skip(events, value)
+
+
+def _reason(error: Exception) -> str:
+    """
+    The first line of a parser error, without the report excerpt yajl
+    appends (report bytes are hostile and do not belong in logs).
+    """
+    message = error.args[0] if error.args else error
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return str(message).strip().splitlines()[0][:200] if str(message).strip() else "error"
+
+
+def extract_results(fp: BinaryIO, options: ExtractOptions) -> Extraction:
+    """
+    Extract CRITs rows from a report file in one streaming pass.
+
+    @param fp: the report, opened in binary mode and positioned at its start.
+    @param options: what to extract.
+    @return: the same L{Extraction} as
+        L{cuckoodist.report.plain.extract_results_plain} on the decoded file.
+    @raise PermanentError: if the file is not one complete JSON document
+        (garbage, truncation, bad UTF-8, trailing data).
+    """
+    collector = RowCollector(options)
+    events = ijson.parse(fp, buf_size=_BUFFER_SIZE, use_float=True)
+    try:
+        _document(events, collector)
+        # Reading on makes yajl report truncation and trailing garbage.
+        deque(events, maxlen=0)
+    except (ijson.JSONError, UnicodeDecodeError) as error:
+        raise PermanentError("report is not valid JSON: " + _reason(error)) from None
+    except StopIteration:
+        raise PermanentError("report is not valid JSON: empty document") from None
+    return collector.finish()
