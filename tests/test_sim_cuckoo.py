@@ -13,6 +13,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import sys
 import tarfile
 from typing import Any
 
@@ -646,3 +648,97 @@ class RealSocketTests(TestCase):
         response = await self.http.get(self.server.url + "/cuckoo/status")
         self.assertEqual(response.code, 200)
         await response.content()
+
+
+class CommandTests(TestCase):
+    """
+    C{cuckoodist simulate} and the C{cuckoodist} entry point.
+    """
+
+    def run_main(self, argv: list[str]) -> tuple[int, str]:
+        from cuckoodist.cli import main
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        return main(argv), err.getvalue()
+
+    def test_bad_usage(self) -> None:
+        """
+        No command, an unknown command or a bad value print one line and
+        return 2.
+        """
+        for argv in ([], ["bogus"], ["simulate", "--fail-rate", "2"],
+                     ["simulate", "--cuckoo-port", "70000"],
+                     ["simulate", "--report-format", "3.0"], ["simulate", "--nope"]):
+            code, err = self.run_main(argv)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(err.count("\n"), 1, (argv, err))
+            self.assertTrue(err.startswith("cuckoodist: "), err)
+
+    def test_options(self) -> None:
+        """
+        Options parse with their types; the key comes from the environment
+        when not given, and never shows in the repr.
+        """
+        from cuckoodist.simulators.command import SimulateOptions
+
+        self.patch(os, "environ", {"CUCKOODIST_SIM_CRITS_API_KEY": "env-key"})
+        options = SimulateOptions()
+        options.parseOptions(["--cuckoo-port", "0", "--analysis-seconds", "1.5",
+                              "--cuckoo-token", "tok"])
+        self.assertEqual((options["cuckoo-port"], options["analysis-seconds"]), (0, 1.5))
+        self.assertEqual(options["crits-api-key"], "env-key")
+        self.assertNotIn("tok", repr(options))
+
+    async def test_start(self) -> None:
+        """
+        C{start_simulators} listens on both ports, prints one line each
+        with the URL and no credential, and both answer.
+        """
+        from treq.client import HTTPClient
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        from cuckoodist.simulators.command import SimulateOptions, start_simulators
+
+        options = SimulateOptions()
+        options.parseOptions(["--cuckoo-port", "0", "--crits-port", "0",
+                              "--cuckoo-token", "tok3n", "--crits-api-key", "k3y"])
+        out = io.StringIO()
+        servers = start_simulators(reactor, options, out)
+        for server in servers:
+            self.addCleanup(server.close)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn(servers[0].url, lines[0])
+        self.assertIn(servers[1].url, lines[1])
+        self.assertNotIn("tok3n", out.getvalue())
+        self.assertNotIn("k3y", out.getvalue())
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = await http.get(servers[0].url + "/cuckoo/status",
+                                  headers={"Authorization": "Bearer tok3n"})
+        self.assertEqual(response.code, 200)
+        await response.content()
+        response = await http.post(servers[1].url + "/api/v1/services/?username=analyst"
+                                   "&api_key=k3y", data=b"object_type=Sample",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(json.loads(await response.content())["return_code"], 1)
+
+    async def test_port_taken(self) -> None:
+        """
+        A taken port is a clean error naming the address and the simulator.
+        """
+        from twisted.internet import reactor
+
+        from cuckoodist.simulators.command import (
+            SimulateOptions, SimulatorStartError, start_simulators)
+
+        blocker = SimulatorServer(reactor, CuckooSimulator(reactor).resource)
+        taken = blocker.start_listening()
+        self.addCleanup(blocker.close)
+        options = SimulateOptions()
+        options.parseOptions(["--cuckoo-port", "0", "--crits-port", str(taken)])
+        with self.assertRaises(SimulatorStartError) as caught:
+            start_simulators(reactor, options, io.StringIO())
+        self.assertIn(f"127.0.0.1:{taken}", str(caught.exception))
+        self.assertIn("CRITs", str(caught.exception))

@@ -383,6 +383,8 @@ class SimulatorServer:
         site = Site(resource)
         site._parsePOSTFormSubmission = False  # we parse bodies ourselves
         site.noisy = False
+        # No access log: CRITs clients may put api_key in the query string.
+        site.log = lambda request: None
         self._factory = WrappingFactory(site)
         self._factory.noisy = False
         self._listening = None
