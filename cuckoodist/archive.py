@@ -172,11 +172,15 @@ class _CappedReader:
     they exceed a cap, so decompression never runs past it.
 
     @ivar total: bytes read so far.
+    @ivar cap: the most bytes that may be read; L{_extract} raises it by a
+        small allowance per member seen, so that header overhead is paid for
+        by members actually present rather than by the largest number the
+        limits would allow.
     """
 
     def __init__(self, source: BinaryIO, cap: int) -> None:
         self._source = source
-        self._cap = cap
+        self.cap = cap
         self.total = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -186,15 +190,15 @@ class _CappedReader:
         @raise ArchiveError: the data is corrupt, or the cap is exceeded.
         """
         if size is None or size < 0:
-            size = self._cap - self.total + 1
+            size = self.cap - self.total + 1
         try:
             data = self._source.read(size)
         except _READ_ERRORS as error:
             raise ArchiveError(f"corrupt archive: {_describe(error)}") from None
         self.total += len(data)
-        if self.total > self._cap:
+        if self.total > self.cap:
             raise ArchiveError(
-                f"archive decompresses to more than {self._cap} bytes")
+                f"archive decompresses to more than {self.cap} bytes")
         return data
 
 
@@ -231,9 +235,7 @@ def _extract(
         return [], []
     max_entries = 4 * max_files + 64
     source = _decompressed(raw)
-    reader = _CappedReader(
-        source,
-        max_total_bytes + max_entries * _PER_ENTRY_ALLOWANCE + _ARCHIVE_ALLOWANCE)
+    reader = _CappedReader(source, max_total_bytes + _ARCHIVE_ALLOWANCE)
     try:
         try:
             tar = tarfile.open(fileobj=reader, mode="r|", tarinfo=_StrictTarInfo,
@@ -250,6 +252,7 @@ def _extract(
                 # Stream mode keeps every header it has read; we need none.
                 tar.members.clear()
                 entries += 1
+                reader.cap += _PER_ENTRY_ALLOWANCE
                 if entries > max_entries:
                     raise ArchiveError(f"archive has more than {max_entries} entries")
                 printable = _printable(member.name, _MEMBER_LIMIT)

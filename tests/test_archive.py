@@ -180,6 +180,19 @@ class HostileArchiveTests(SynchronousTestCase):
                                                tarfile.PAX_FORMAT))
         self.assert_files(files, contents, [(name[6:], NOTE)])
 
+    def test_many_files_at_the_limits(self) -> None:
+        """
+        An honest archive exactly at both limits, with long names in GNU and
+        pax headers and tiny files (so headers outweigh contents), unpacks:
+        the allowance for header overhead is enough.
+        """
+        for tar_format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+            members = [member(f"files/{n:04d}-" + "\u00e9" * 300, bytes([n % 256]))
+                       for n in range(400)]
+            files, contents, _ = self.unpack(build(members, "bz2", tar_format),
+                                             max_files=400, max_total_bytes=400)
+            self.assertEqual(contents, [bytes([n % 256]) for n in range(400)])
+
     def test_traversal_and_absolute_names(self) -> None:
         """
         Members whose names climb out (C{../../x}, C{files/../../x},
@@ -332,13 +345,16 @@ class HostileArchiveTests(SynchronousTestCase):
         """
         A bomb hidden in a member we skip (an unknown type whose data tar
         readers pass over by decompressing it) is stopped by the cap on
-        decompressed bytes.
+        decompressed bytes, which stays close to C{max_total_bytes} however
+        many files the limits would allow.
         """
         zeros = bz2.compress(bytes(300 * 2**20))
         bomb = bz2.compress(raw_header("files/x", 100 * 300 * 2**20, b"Z")) + zeros * 100
         started = time.perf_counter()
-        error = self.unpack_fails(bomb, max_total_bytes=2**20)
-        self.assertRegex(error.reason, r"^archive decompresses to more than \d+ bytes$")
+        error = self.unpack_fails(bomb, max_files=100_000, max_total_bytes=2**20)
+        match = re.match(r"^archive decompresses to more than (\d+) bytes$", error.reason)
+        self.assertIsNotNone(match, error.reason)
+        self.assertLess(int(match.group(1)), 2**20 + 2 * 2**20)
         self.assertLess(time.perf_counter() - started, 30)
 
     def test_truncated_compressed(self) -> None:
