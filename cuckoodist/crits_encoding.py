@@ -442,8 +442,9 @@ def _normalise_key(key: object, depth: int, crits: bool) -> Any:
     if crits:
         if isinstance(normal, str):
             return normal
-        return _text(_render(normal)) if isinstance(normal, tuple) else _text(
-            "None" if normal is None else str(normal))
+        if isinstance(normal, tuple):
+            return _render(normal)
+        return repr(normal) if normal is None or isinstance(normal, bool) else str(normal)
     try:
         hash(normal)
     except TypeError:
