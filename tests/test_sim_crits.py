@@ -404,16 +404,18 @@ class FaultTests(CritsTestCase):
 
     def test_slow_body(self) -> None:
         """
-        With C{slow_body_seconds} the answer arrives as the clock advances.
+        With C{slow_body_seconds} the answer's body arrives as the clock
+        advances.
         """
         self.client.request("POST", "/_sim/control", body=b'{"slow_body_seconds": 2}')
         d = self.client.stub.post("http://crits.test" + SERVICES, data=b"object_type=Sample",
                                   headers={"Content-Type": FORM, **AUTH})
-        self.assertNoResult(d)
+        response = self.successResultOf(d)
+        content = self.client.stub.content(response)
+        self.assertNoResult(content)
         self.clock.advance(2)
         self.client.stub.flush()
-        response = self.successResultOf(d)
-        body = self.successResultOf(self.client.stub.content(response))
+        body = self.successResultOf(content)
         self.assertEqual(json.loads(body)["return_code"], 1)
 
 
@@ -446,3 +448,45 @@ class RealSocketTests(TestCase):
         await server.stop_listening()
         with self.assertRaises(ConnectionRefusedError):
             await http.get(server.url + "/_sim/state")
+
+
+class HostileInputTests(CritsTestCase):
+    """
+    Odd JSON types and broken bodies get CRITs answers, never a crash.
+    """
+
+    def post_json(self, path: str, data: Any, method: str = "POST") -> tuple[int, Any]:
+        code, _, body = self.client.request(method, path, body=json.dumps(data).encode(),
+                                            headers={"Content-Type": "application/json", **AUTH})
+        return code, json.loads(body)
+
+    def test_services_types(self) -> None:
+        """
+        A list where a string belongs is the canned 500; a JSON array body
+        too.
+        """
+        self.assertEqual(self.post_json(SERVICES, {"object_type": ["Sample"], "object_id": "x",
+                                                   "analysis_id": "a"}), (500, CANNED_500))
+        self.assertEqual(self.post_json(SERVICES, [1, 2]), (500, CANNED_500))
+        code, _, body = self.client.request("POST", SERVICES, body=b"{not json",
+                                            headers={"Content-Type": "application/json", **AUTH})
+        self.assertEqual(code, 400)
+
+    def test_patch_types(self) -> None:
+        """
+        Unhashable relationship fields are refused like unknown ones.
+        """
+        left = self.upload(b"left")[1]["id"]
+        code, body = self.post_json(f"/api/v1/samples/{left}/",
+                                    {"action": "forge_relationship", "right_type": ["Sample"],
+                                     "right_id": {"a": 1}, "rel_type": ["x"]}, method="PATCH")
+        self.assertEqual((code, body["message"]), (200, "Failed to get right TLO"))
+
+    def test_broken_multipart(self) -> None:
+        """
+        A multipart body that does not parse is the canned 500.
+        """
+        code, _, body = self.client.request(
+            "POST", "/api/v1/samples/", body=b"--b\r\ngarbage",
+            headers={"Content-Type": "multipart/form-data; boundary=b", **AUTH})
+        self.assertEqual((code, json.loads(body)), (500, CANNED_500))

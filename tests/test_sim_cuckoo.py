@@ -566,21 +566,18 @@ class FaultTests(CuckooTestCase):
 
     def test_slow_body(self) -> None:
         """
-        With C{slow_body_seconds} the report arrives only as the clock
-        advances, in full.
+        With C{slow_body_seconds} the headers come at once but the whole
+        report only once the clock has advanced that long.
         """
         self.make(analysis_seconds=1, slow_body_seconds=5)
         self.client.submit()
         self.clock.advance(1)
         d = self.client.stub.get("http://cuckoo.test/tasks/report/1")
-        self.assertNoResult(d)
-        self.clock.advance(0.5)
-        self.client.stub.flush()
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         body = self.client.stub.content(response)
         self.assertNoResult(body)
-        self.clock.advance(4)
+        self.clock.advance(4.5)
         self.client.stub.flush()
         self.assertNoResult(body)
         self.clock.advance(0.5)
@@ -648,6 +645,51 @@ class RealSocketTests(TestCase):
         response = await self.http.get(self.server.url + "/cuckoo/status")
         self.assertEqual(response.code, 200)
         await response.content()
+
+    async def test_stop_drops_connections(self) -> None:
+        """
+        C{stop_listening} also cuts a response that is still trickling, as
+        a crashed server would.
+        """
+        from twisted.internet.task import deferLater
+        from twisted.web.client import ResponseFailed
+
+        self.sim.faults.slow_body_seconds = 30
+        body, ctype = multipart_body({}, {"file": ("a.exe", SAMPLE)})
+        response = await self.http.post(self.server.url + "/tasks/create/file", data=body,
+                                        headers={"Content-Type": ctype})
+        await response.content()
+        await deferLater(self.reactor, 0.3, lambda: None)
+        response = await self.http.get(self.server.url + "/tasks/report/1")
+        content = response.content()
+        await self.server.stop_listening()
+        with self.assertRaises(ResponseFailed):
+            await content
+
+
+class HostileUploadTests(CuckooTestCase):
+    """
+    Broken uploads get the real server's error, never a crash.
+    """
+
+    def test_broken_multipart(self) -> None:
+        """
+        A multipart body that does not parse is a 400 and creates nothing.
+        """
+        self.make()
+        code, _, content = self.client.request(
+            "POST", "/tasks/create/file", body=b"--b\r\ngarbage",
+            headers={"Content-Type": "multipart/form-data; boundary=b"})
+        self.assertEqual(code, 400)
+        self.assertEqual(self.state()["tasks"], {})
+
+    def test_huge_id(self) -> None:
+        """
+        An id too long for the database is simply not found.
+        """
+        self.make()
+        self.assertEqual(self.client.get("/tasks/view/" + "9" * 5000)[0], 404)
+        self.assertEqual(self.client.get("/tasks/report/" + "9" * 5000 + "/dropped")[0], 404)
 
 
 class CommandTests(TestCase):

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -60,6 +61,8 @@ from cuckoodist.simulators.server import (
 )
 
 __all__ = ["CritsSimulator", "DEFAULT_API_KEY", "RELATIONSHIP_TYPES", "TLO_TYPES"]
+
+_log = Logger()
 
 #: The demo key of the default C{analyst} user.  Not a secret: it only
 #: opens this simulator.
@@ -356,7 +359,7 @@ class CritsSimulator:
 
         if not object_type or not object_id or not analysis_id:
             return refuse("Need an object type, object id, and analysis id.")
-        if object_type not in TLO_TYPES:
+        if not isinstance(object_type, str) or object_type not in TLO_TYPES:
             raise _server_error()  # class_from_type() is None
         object_type, object_id, analysis_id = str(object_type), str(object_id), str(analysis_id)
         rows: list[dict[str, Any]] = []
@@ -443,6 +446,8 @@ class CritsSimulator:
         source = d.get("source")
         if not source:
             return refuse("Missing source information.")
+        if not isinstance(source, str):
+            raise _server_error()
         if self.sources is not None and source not in self.sources:
             return refuse(f"User does not have permission to add object using source {source}.")
         if d.get("file_format") == "zip":
@@ -470,7 +475,9 @@ class CritsSimulator:
             else:
                 related = ("Sample", found.id)
         elif related_id:
-            if related_type in TLO_TYPES and self.object_exists(related_type, related_id):
+            related_id = str(related_id)
+            if (isinstance(related_type, str) and related_type in TLO_TYPES
+                    and self.object_exists(related_type, related_id)):
                 related = (related_type, related_id)
             else:
                 message += f" Related {related_id} not found. Sample not uploaded."
@@ -495,13 +502,13 @@ class CritsSimulator:
             return answer(1, f"'{action}' is not a valid action.")
         right_type, right_id = d.get("right_type"), d.get("right_id")
         rel_type = d.get("rel_type")
-        if right_type not in TLO_TYPES or not right_id or not self.object_exists(right_type,
-                                                                                  str(right_id)):
+        if (not isinstance(right_type, str) or right_type not in TLO_TYPES or not right_id
+                or not self.object_exists(right_type, str(right_id))):
             return answer(1, "Failed to get right TLO")
         right_id = str(right_id)
         if (right_type, right_id) == ("Sample", sample_id):
             return answer(1, "Cannot forge relationship to oneself")
-        if rel_type not in RELATIONSHIP_TYPES:
+        if not isinstance(rel_type, str) or rel_type not in RELATIONSHIP_TYPES:
             return answer(1, "Could not find relationship type")
         if not self.relate("Sample", sample_id, right_type, right_id, rel_type):
             return answer(1, "Relationship already exists")
@@ -623,6 +630,10 @@ class _CritsResource(Resource):
             return self._json(request, sim.patch_sample(sample_id, data))
         except _Answer as answer:
             return self._json(request, answer.body, answer.code)
+        except Exception:
+            # tastypie's wrap_view: any other exception is the canned 500.
+            _log.failure("CRITs simulator failed on {path}", path=path)
+            return self._json(request, dict(_CANNED_500), 500)
 
     def _post_form(self, request: Request, method: str) -> Mapping[str, Any]:
         """

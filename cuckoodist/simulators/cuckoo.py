@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -58,6 +59,8 @@ from cuckoodist.simulators.server import (
 )
 
 __all__ = ["CuckooSimulator", "DEFAULT_FAIL_MARKER"]
+
+_log = Logger()
 
 #: A sample that contains these bytes ends as C{failed_analysis}.
 DEFAULT_FAIL_MARKER = b"CUCKOODIST-FAIL-ANALYSIS"
@@ -710,11 +713,11 @@ class _CuckooResource(Resource):
         self._sim = sim
         self._routes: list[tuple[re.Pattern[str], tuple[str, ...], str, Callable]] = [
             (re.compile(r"/tasks/create/file"), ("POST",), "tasks/create/file", self._create),
-            (re.compile(r"/tasks/view/(\d+)"), ("GET",), "tasks/view", self._view),
-            (re.compile(r"/tasks/list(?:/(\d+)(?:/(\d+))?)?"), ("GET",), "tasks/list", self._list),
-            (re.compile(r"/tasks/report/(\d+)(?:/([^/]+))?"), ("GET",), "tasks/report",
+            (re.compile(r"/tasks/view/(\d{1,18})"), ("GET",), "tasks/view", self._view),
+            (re.compile(r"/tasks/list(?:/(\d{1,18})(?:/(\d{1,18}))?)?"), ("GET",), "tasks/list", self._list),
+            (re.compile(r"/tasks/report/(\d{1,18})(?:/([^/]+))?"), ("GET",), "tasks/report",
              self._report),
-            (re.compile(r"/tasks/delete/(\d+)"), ("GET",), "tasks/delete", self._delete),
+            (re.compile(r"/tasks/delete/(\d{1,18})"), ("GET",), "tasks/delete", self._delete),
             (re.compile(r"/cuckoo/status"), ("GET",), "cuckoo/status", self._status),
         ]
 
@@ -801,6 +804,11 @@ class _CuckooResource(Resource):
             return handler(request, *groups)
         except _HTTPError as e:
             return self._error(request, e)
+        except Exception:
+            # What Flask does with an unhandled exception: log it, answer
+            # werkzeug's 500 page.
+            _log.failure("Cuckoo simulator failed on {path}", path=path)
+            return self._error(request, _HTTPError(500))
 
     # -- routes ---------------------------------------------------------------
 

@@ -280,9 +280,10 @@ def send_body(
     """
     Answer with C{body}, at once or trickled across C{slow_seconds}.
 
-    A trickled body announces its full C{Content-Length} up front and then
-    writes C{chunks} pieces at equal intervals on C{clock}, so a client sees
-    a live but slow peer rather than a dead one.  If the client goes away,
+    A trickled body sends the status line and headers (with the full
+    C{Content-Length}) at once and then writes C{chunks} pieces at equal
+    intervals on C{clock}, so a client sees a live but slow peer rather
+    than a dead one.  If the client goes away,
     the remaining writes are cancelled.
 
     @return: what a C{render} method returns: C{body} or C{NOT_DONE_YET}.
@@ -319,6 +320,7 @@ def send_body(
         pending.clear()
 
     request.notifyFinish().addErrback(gone)
+    request.write(b"")  # the status line and headers go out now
     schedule()
     return NOT_DONE_YET
 
