@@ -13,12 +13,12 @@ only walks the few events outside the bulky parts.  Whenever a subtree is
 not wanted, or is a call list, the loop hands the shared event iterator to
 C-implemented consumers that stop at the subtree's own end event::
 
-    takewhile(end_event.__ne__, events)
+    takewhile(partial(ne, end_event), events)
 
 (C{end_event} is e.g. C{("behavior.processes.item.calls", "end_array",
 None)}; nested events always carry a longer prefix, so the first equal event
 is the subtree's end).  Skipping drains that with C{deque(maxlen=0)}, counting
-calls sums C{start_call.__eq__} over it, and building a value (a signature,
+calls is C{operator.countOf(..., start_call)}, and building a value (a signature,
 an C{info} dict, the first kept calls) feeds it to ijson's C
 C{items_basecoro}.  None of these run Python code per event.
 
@@ -29,6 +29,8 @@ stage runs it in a worker thread on a spooled temporary file.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
+from operator import countOf, ne
 from itertools import islice, takewhile
 from typing import Any, BinaryIO, Iterator
 
@@ -52,6 +54,7 @@ _CALLS = "behavior.processes.item.calls"
 _CALL = _CALLS + ".item"
 _START_CALL: Event = (_CALL, "start_map", None)
 _END_CALLS: Event = (_CALLS, "end_array", None)
+_NOT_END_CALLS = partial(ne, _END_CALLS)
 
 #: Bytes read from the file at a time.
 _BUFFER_SIZE = 256 * 1024
@@ -77,7 +80,7 @@ def _skip(events: Iterator[Event], first: Event) -> None:
     """
     end = _end_of(first)
     if end is not None:
-        deque(takewhile(end.__ne__, events), maxlen=0)
+        deque(takewhile(partial(ne, end), events), maxlen=0)
 
 
 def _build(events: Iterator[Event], first: Event) -> Any:
@@ -90,7 +93,7 @@ def _build(events: Iterator[Event], first: Event) -> Any:
     sink = sendable_list()
     builder = yajl2_c.items_basecoro(sink, first[0])
     builder.send(first)
-    deque(map(builder.send, takewhile(end.__ne__, events)), maxlen=0)
+    deque(map(builder.send, takewhile(partial(ne, end), events)), maxlen=0)
     builder.send(end)
     return sink[0]
 
@@ -127,9 +130,9 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
     @return: the first (at most C{room}) dict calls, and how many dict calls
         the list holds.
     """
-    calls = takewhile(_END_CALLS.__ne__, events)
+    calls = takewhile(_NOT_END_CALLS, events)
     if room <= 0:
-        return [], sum(map(_START_CALL.__eq__, calls))
+        return [], countOf(calls, _START_CALL)
     sink = sendable_list()
     builder = yajl2_c.items_basecoro(sink, _CALL)
     push = builder.send
@@ -149,7 +152,7 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
     # count the calls that follow.
     for event in calls:
         if event == _START_CALL:
-            seen += 1 + sum(map(_START_CALL.__eq__, calls))
+            seen += 1 + countOf(calls, _START_CALL)
             break
         push(event)
     seen += sum(1 for call in sink if type(call) is dict)
