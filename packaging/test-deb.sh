@@ -208,7 +208,10 @@ else
 CUCKOO_PORT=$(free_port)
 CRITS_PORT=$(free_port)
 log "starting the simulators (Cuckoo on $CUCKOO_PORT, CRITs on $CRITS_PORT)"
-/usr/bin/cuckoodist simulate --cuckoo-port "$CUCKOO_PORT" --crits-port "$CRITS_PORT" \
+# The API key goes through the environment, not the process list.
+CRITS_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+CUCKOODIST_SIM_CRITS_API_KEY=$CRITS_API_KEY /usr/bin/cuckoodist simulate \
+    --cuckoo-port "$CUCKOO_PORT" --crits-port "$CRITS_PORT" --analysis-seconds 1 \
     >"$WORK/simulate.log" 2>&1 &
 PIDS+=($!)
 wait_for_port "$CUCKOO_PORT" "the Cuckoo simulator"
@@ -216,12 +219,14 @@ wait_for_port "$CRITS_PORT" "the CRITs simulator"
 
 # The installed example configuration, pointed at the simulators and at
 # queues of this run only.
-venv_python - "$CONFIG" "$CUCKOO_PORT" "$CRITS_PORT" "$QUEUE_PREFIX" <<'EOF'
-import sys, yaml
+CRITS_API_KEY=$CRITS_API_KEY \
+    venv_python - "$CONFIG" "$CUCKOO_PORT" "$CRITS_PORT" "$QUEUE_PREFIX" <<'EOF'
+import os, sys, yaml
 path, cuckoo_port, crits_port, prefix = sys.argv[1:]
 with open(path) as f:
     config = yaml.safe_load(f)
 config["crits"]["url"] = f"http://127.0.0.1:{crits_port}"
+config["crits"]["api_key"] = os.environ["CRITS_API_KEY"]
 for cuckoo in config["cuckoo"].values():
     cuckoo["url"] = f"http://127.0.0.1:{cuckoo_port}"
 for stage in config["stages"]:
@@ -230,6 +235,8 @@ for stage in config["stages"]:
             stage[key] = prefix + stage[key]
     if "wait_between_requests" in stage:
         stage["wait_between_requests"] = 0.5
+    if "retry_delay" in stage:
+        stage["retry_delay"] = 1
 with open(path, "w") as f:
     yaml.safe_dump(config, f, sort_keys=False)
 EOF
@@ -255,9 +262,41 @@ done
 
 # --- 5. Push samples through -------------------------------------------------
 log "publishing $SAMPLES samples"
-/usr/bin/cuckoodist demo --amqp "amqp://guest:guest@127.0.0.1:5672/" \
-    --queue "${QUEUE_PREFIX}worker/feed_cuckoo" --crits-port "$CRITS_PORT" \
-    --cuckoo-port "$CUCKOO_PORT" --count "$SAMPLES" >"$WORK/publish.log" 2>&1 ||
+# With the project's own confirmed publisher, from the installed venv, to
+# the feed_cuckoo queue of the configuration the daemon runs with.
+venv_python - "$CONFIG" "$SAMPLES" >"$WORK/publish.log" 2>&1 <<'EOF' ||
+import base64, hashlib, json, os, sys, uuid
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+from cuckoodist.amqp.connection import AMQPConnectionService
+from cuckoodist.config import load_config
+from cuckoodist.publish import publish_confirmed
+
+config = load_config(sys.argv[1])
+count = int(sys.argv[2])
+queue = next(s for s in config.stages if s.type == "feed_cuckoo").consumer_queue
+
+def request(i):
+    data = b"MZ\x90\x00cuckoodist package test %d\x00" % i + os.urandom(16)
+    md5 = hashlib.md5(data).hexdigest()
+    return json.dumps({
+        "payload": {"package": "exe", "timeout": "60"},
+        "file": {"name": f"sample-{i}.exe", "data": base64.b64encode(data).decode()},
+        "crits_data": {"analysis_id": str(uuid.uuid4()), "object_type": "Sample",
+                       "object_id": md5[:24], "md5": md5, "source": "test-deb"},
+    }).encode()
+
+async def publish(reactor):
+    connection = AMQPConnectionService(reactor, config.amqp)
+    connection.startService()
+    try:
+        await publish_confirmed(connection, [(queue, request(i)) for i in range(count)])
+    finally:
+        await connection.stopService()
+    print(f"published {count} samples to {queue}")
+
+react(lambda reactor: Deferred.fromCoroutine(publish(reactor)))
+EOF
     { cat "$WORK/publish.log" >&2; fail "publishing failed"; }
 
 log "waiting for the simulated CRITs to receive every analysis"
