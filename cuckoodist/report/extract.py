@@ -56,8 +56,9 @@ _START_CALL: Event = (_CALL, "start_map", None)
 _END_CALLS: Event = (_CALLS, "end_array", None)
 _NOT_END_CALLS = partial(ne, _END_CALLS)
 
-#: Bytes read from the file at a time.
-_BUFFER_SIZE = 256 * 1024
+#: Bytes read from the file at a time; each read lets other threads (the
+#: reactor) take the GIL, so smaller reads mean shorter reactor stalls.
+_BUFFER_SIZE = 64 * 1024
 #: Events pushed into the call builder between checks of the cap.
 _CHUNK = 1 << 15
 
