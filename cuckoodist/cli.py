@@ -46,6 +46,10 @@ class _Command:
 _COMMANDS = (
     _Command("simulate", "cuckoodist.simulators.command", "SimulateOptions",
              "Run the Cuckoo and CRITs API simulators."),
+    _Command("demo", "cuckoodist.commands.demo", "DemoOptions",
+             "Publish demo samples and watch them reach the simulated CRITs."),
+    _Command("resubmit", "cuckoodist.commands.resubmit", "ResubmitOptions",
+             "Put dumped messages back on their queues."),
 )
 
 

@@ -18,7 +18,7 @@ import treq
 from treq.client import HTTPClient as TreqClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.ssl import CertificateOptions
 from zope.interface import implementer
@@ -65,6 +65,15 @@ class _NoVerification:
         return CertificateOptions(verify=False)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    Twisted logs every new pooled connection at info level; with hundreds
+    of analyses an hour that drowns the lines that matter.
+    """
+
+    noisy = False
+
+
 class _Sink:
     """
     Collects a body into memory or a file, refusing more than C{limit}
@@ -104,6 +113,7 @@ class HTTPClient:
             pool = HTTPConnectionPool(reactor, persistent=persistent)
             pool.maxPersistentPerHost = 8
             pool.retryAutomatically = False
+            pool._factory = _QuietFactory
             self._pools.append(pool)
             self._clients[verify] = TreqClient(Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=15))
 

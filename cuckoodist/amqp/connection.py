@@ -41,6 +41,8 @@ class _ClientFactory(Factory):
     Builds L{AMQPClient}s for one vhost, heartbeat and clock.
     """
 
+    noisy = False
+
     def __init__(self, spec: Any, vhost: str, heartbeat: int, clock: IReactorTime) -> None:
         self._spec = spec
         self._vhost = vhost

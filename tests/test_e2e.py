@@ -1,0 +1,152 @@
+"""
+End to end: Go-format requests through every stage, against the real
+RabbitMQ and the simulated Cuckoo and CRITs over real sockets.
+"""
+
+import hashlib
+import json
+import os
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+
+from cuckoodist.amqp.connection import AMQPConnectionService
+from cuckoodist.dump import DumpStore
+from cuckoodist.publish import publish_confirmed
+from cuckoodist.tap import build_daemon
+from tests import harness
+
+SAMPLES = 50
+
+
+class _Exit(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended = Deferred()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class PipelineTests(TestCase):
+    """
+    Fifty samples, one that Cuckoo fails and one malformed message.
+    """
+
+    timeout = 240
+
+    def setUp(self) -> None:
+        self.peers = harness.Peers(analysis_seconds=0.5, machines=16, report_calls_per_process=30)
+        self.peers.start()
+        self.addCleanup(self.peers.stop)
+        self.prefix = harness.prefix()
+        self.dump_dir = os.path.abspath(self.mktemp())
+        self.config = harness.config(self.peers, self.prefix, self.dump_dir)
+        queues = [s.consumer_queue for s in self.config.stages]
+        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(self.config.amqp, queues)))
+
+    async def _publish(self) -> tuple[dict, str]:
+        feed = self.config.stages[0].consumer_queue
+        messages, expected = [], {}
+        for i in range(SAMPLES):
+            data = harness.sample(i)
+            analysis_id, body = harness.request(i, data, with_credentials=i % 2 == 0)
+            expected[analysis_id] = hashlib.md5(data).hexdigest()
+            messages.append((feed, body))
+        failing_id, body = harness.request(999, harness.sample(999, fail=True))
+        messages.append((feed, body))
+        messages.append((feed, b"{this is not json"))
+        connection = AMQPConnectionService(reactor, self.config.amqp)
+        connection.startService()
+        try:
+            await publish_confirmed(connection, messages)
+        finally:
+            await connection.stopService()
+        return expected, failing_id
+
+    async def _check_outcome(self, expected: dict, failing_id: str, daemons: list[Deferred] = ()) -> None:
+        crits = self.peers.crits
+
+        def settled() -> bool:
+            for ended in daemons:
+                if ended.called:
+                    raise AssertionError("a daemon process exited early; see its log in _trial_temp")
+            analyses = crits.state()["analyses"]
+            done = [a for k, a in analyses.items() if k in expected and a["status"] == "completed"]
+            failed = analyses.get(failing_id, {}).get("status") == "error"
+            dumps = len(list(DumpStore(self.dump_dir)))
+            return len(done) == len(expected) and failed and dumps == 2
+
+        await harness.wait_until(settled, 150, "every sample to finish in CRITs")
+        state = crits.state()
+        for analysis_id in expected:
+            analysis = state["analyses"][analysis_id]
+            subtypes = {r["subtype"] for r in analysis["results"]}
+            self.assertTrue(
+                {"info", "signature", "process", "api_call", "file_added"} <= subtypes,
+                f"{analysis_id} lacks results: {sorted(subtypes)}",
+            )
+            self.assertTrue(analysis["finish_date"])
+        failed = state["analyses"][failing_id]
+        self.assertIn("failed_analysis", " ".join(entry["message"] for entry in failed["log"]))
+
+        tasks = self.peers.cuckoo.state()["tasks"]
+        by_md5 = {t["md5"]: t for t in tasks.values()}
+        for md5 in expected.values():
+            self.assertTrue(by_md5[md5]["deleted"], f"Cuckoo task for {md5} was not deleted")
+
+        records = [record for _, record, _ in DumpStore(self.dump_dir)]
+        reasons = {r.analysis_id: r.reason for r in records}
+        self.assertIn("failed_analysis", reasons[failing_id])
+        unreadable = [r for r in records if r.analysis_id == ""]
+        self.assertEqual(len(unreadable), 1)
+        self.assertIn("not valid JSON", unreadable[0].reason)
+        self.assertEqual(unreadable[0].message, "{this is not json")
+        for path, _, _ in DumpStore(self.dump_dir):
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+
+    async def test_one_daemon(self) -> None:
+        """
+        All four stages in one daemon deliver every sample's results and a
+        finished analysis to CRITs, delete each Cuckoo task, end the failed
+        analysis as an error and dump the malformed message with its reason.
+        """
+        daemon = build_daemon(self.config, reactor)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        expected, failing_id = await self._publish()
+        await self._check_outcome(expected, failing_id)
+
+    async def test_two_processes(self) -> None:
+        """
+        The same outcome with the stages split over two twistd processes,
+        started as a user would start them.
+        """
+        base = harness.config_doc(self.peers, self.prefix, self.dump_dir)
+        ends = []
+        for n, names in enumerate((["feed_cuckoo", "check_results"], ["parse_and_submit", "overseer"])):
+            doc = dict(base, stages=[s for s in base["stages"] if s["type"] in names])
+            path = os.path.abspath(self.mktemp() + f"-{n}.yaml")
+            with open(path, "w") as fp:
+                json.dump(doc, fp)  # JSON is YAML
+            log = os.path.abspath(self.mktemp() + f"-{n}.log")
+            exit_watch = _Exit()
+            process = reactor.spawnProcess(
+                exit_watch,
+                harness.twistd_command(path, log)[0],
+                harness.twistd_command(path, log),
+                env={**os.environ, "PYTHONPATH": harness.REPO},
+                path=harness.REPO,
+            )
+            ends.append(exit_watch.ended)
+
+            def stop(process=process, ended=exit_watch.ended) -> Deferred:
+                if process.pid is not None:
+                    process.signalProcess(signal.SIGTERM)
+                return ended
+
+            self.addCleanup(stop)
+        expected, failing_id = await self._publish()
+        await self._check_outcome(expected, failing_id, ends)
