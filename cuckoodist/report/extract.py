@@ -20,7 +20,10 @@ None)}; nested events always carry a longer prefix, so the first equal event
 is the subtree's end).  Skipping drains that with C{deque(maxlen=0)}, counting
 calls is C{operator.countOf(..., start_call)}, and building a value (a signature,
 an C{info} dict, the first kept calls) feeds it to ijson's C
-C{items_basecoro}.  None of these run Python code per event.
+C{items_basecoro}.  None of these run Python code per event.  They work in
+slices of C{_CHUNK} events, because a long C loop never lets the GIL go and
+would stall the reactor thread (measured: up to 100 ms without slices, 20 ms
+with them, the same as a pure-Python thread).
 
 The function is synchronous and keeps no state outside its own call, so the
 stage runs it in a worker thread on a spooled temporary file.
@@ -59,11 +62,54 @@ _NOT_END_CALLS = partial(ne, _END_CALLS)
 #: Bytes read from the file at a time; each read lets other threads (the
 #: reactor) take the GIL, so smaller reads mean shorter reactor stalls.
 _BUFFER_SIZE = 64 * 1024
-#: Events pushed into the call builder between checks of the cap.
-_CHUNK = 1 << 15
+#: Events handled per C loop: about a millisecond, between which the GIL can
+#: pass to the reactor thread and the call cap is checked.
+_CHUNK = 1 << 14
 
 _ENDS = {"start_map": "end_map", "start_array": "end_array"}
 _NETWORK_LISTS = ("hosts", "domains", "http")
+
+
+_DONE = object()
+
+
+def _feed(consume: Any, events: Iterator[Event]) -> None:
+    """
+    Pass every event of C{events} to C{consume} (a C callable), in C, but
+    in slices: a long C loop never checks the GIL switch request, so it
+    would stall the reactor thread for its whole duration.  Each slice is
+    about a millisecond of work.
+    """
+    while True:
+        deque(map(consume, islice(events, _CHUNK)), maxlen=0)
+        event = next(events, _DONE)
+        if event is _DONE:
+            return
+        consume(event)
+
+
+def _drain(events: Iterator[Event]) -> None:
+    """
+    Consume C{events} in C, in slices (see L{_feed}).
+    """
+    while True:
+        deque(islice(events, _CHUNK), maxlen=0)
+        if next(events, _DONE) is _DONE:
+            return
+
+
+def _count(events: Iterator[Event], wanted: Event) -> int:
+    """
+    Consume C{events} in C, in slices (see L{_feed}), counting those equal
+    to C{wanted}.
+    """
+    total = 0
+    while True:
+        total += countOf(islice(events, _CHUNK), wanted)
+        event = next(events, _DONE)
+        if event is _DONE:
+            return total
+        total += event == wanted
 
 
 def _end_of(first: Event) -> Event | None:
@@ -81,7 +127,7 @@ def _skip(events: Iterator[Event], first: Event) -> None:
     """
     end = _end_of(first)
     if end is not None:
-        deque(takewhile(partial(ne, end), events), maxlen=0)
+        _drain(takewhile(partial(ne, end), events))
 
 
 def _build(events: Iterator[Event], first: Event) -> Any:
@@ -94,7 +140,7 @@ def _build(events: Iterator[Event], first: Event) -> Any:
     sink = sendable_list()
     builder = yajl2_c.items_basecoro(sink, first[0])
     builder.send(first)
-    deque(map(builder.send, takewhile(partial(ne, end), events)), maxlen=0)
+    _feed(builder.send, takewhile(partial(ne, end), events))
     builder.send(end)
     return sink[0]
 
@@ -133,7 +179,7 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
     """
     calls = takewhile(_NOT_END_CALLS, events)
     if room <= 0:
-        return [], countOf(calls, _START_CALL)
+        return [], _count(calls, _START_CALL)
     sink = sendable_list()
     builder = yajl2_c.items_basecoro(sink, _CALL)
     push = builder.send
@@ -153,7 +199,7 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
     # count the calls that follow.
     for event in calls:
         if event == _START_CALL:
-            seen += 1 + countOf(calls, _START_CALL)
+            seen += 1 + _count(calls, _START_CALL)
             break
         push(event)
     seen += sum(1 for call in sink if type(call) is dict)
@@ -257,7 +303,7 @@ def extract_results(fp: BinaryIO, options: ExtractOptions) -> Extraction:
     try:
         _document(events, collector)
         # Reading on makes yajl report truncation and trailing garbage.
-        deque(events, maxlen=0)
+        _drain(events)
     except (ijson.JSONError, UnicodeDecodeError) as error:
         raise PermanentError("report is not valid JSON: " + _reason(error)) from None
     except StopIteration:
