@@ -161,7 +161,11 @@ class HTTPClient:
                 await treq.collect(response, _Sink(-1, None).write).addErrback(lambda _: None)
                 raise BodyTooLarge(f"{what or 'peer'} announced {length} bytes, over the {max_body}-byte limit")
             collector = _Sink(max_body, sink)
-            await treq.collect(response, collector.write)
+            try:
+                await treq.collect(response, collector.write)
+            except CancelledError:
+                _drop(response)
+                raise
             return Response(response.code, dict(response.headers.getAllRawHeaders()), b"".join(collector.parts))
 
         d = Deferred.fromCoroutine(call())
@@ -180,6 +184,17 @@ class HTTPClient:
         Drop every cached connection; fires when they are closed.
         """
         return gatherResults([pool.closeCachedConnections() for pool in self._pools])
+
+
+def _drop(response: Any) -> None:
+    """
+    Close the connection under a response whose body we stopped reading;
+    cancelling treq's collection alone would leave a trickling peer's
+    socket open.
+    """
+    transport = getattr(getattr(response, "original", None), "_transport", None)
+    if transport is not None:
+        transport.stopProducing()
 
 
 def _path(url: str) -> str:
