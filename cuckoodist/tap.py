@@ -10,14 +10,15 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogPublisher, textFileLogObserver
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher, textFileLogObserver
 from twisted.python import usage
 
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.config import Config, load_config
 from cuckoodist.errors import ConfigError
 from cuckoodist.http import HTTPClient
-from cuckoodist.stages.base import StageContext
+from cuckoodist.stages.base import Stage, StageContext
 from cuckoodist.stages.check_results import CheckResults
 from cuckoodist.stages.feed_cuckoo import FeedCuckoo
 from cuckoodist.stages.overseer import Overseer
@@ -90,16 +91,45 @@ class _LogFileService(Service):
             self._file.close()
 
 
+class _DaemonService(MultiService):
+    """
+    The daemon's root service.  Stopping it drains the stages (together)
+    before anything they drain through is stopped: only then, one at a
+    time and in reverse order, the HTTP pools and the AMQP connection.
+    A plain L{MultiService} stops every child at once, which closed the
+    connection under the draining stages, so no in-flight work could be
+    acked on SIGTERM.
+    """
+
+    _log = Logger()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        children = list(self)
+        stages = [child for child in children if isinstance(child, Stage)]
+        rest = [child for child in reversed(children) if not isinstance(child, Stage)]
+
+        async def stop_in_order() -> None:
+            await DeferredList([maybeDeferred(stage.stopService) for stage in stages], consumeErrors=True)
+            for child in rest:
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    self._log.failure("Stopping {service} failed", service=child)
+
+        return Deferred.fromCoroutine(stop_in_order())
+
+
 def build_daemon(config: Config, reactor: Any) -> MultiService:
     """
     Assemble the daemon: one AMQP connection, one HTTP client, and a
     service per configured stage, under one L{MultiService}.
 
-    Children start in order and stop in reverse: stages drain first, then
-    the HTTP pools close, then the AMQP connection closes (which makes the
+    Children start in order; on stop the stages drain first, then the
+    HTTP pools close, then the AMQP connection closes (which makes the
     broker requeue whatever is still unacked).
     """
-    root = MultiService()
+    root = _DaemonService()
     if config.log_file:
         _LogFileService(config.log_file, config.log_level).setServiceParent(root)
     connection = AMQPConnectionService(reactor, config.amqp)
