@@ -96,6 +96,10 @@ wait_for_port() {
 }
 
 [ "$(id -u)" = 0 ] || fail "must run as root (it installs and purges a package)"
+# One run at a time on a machine: two would install and purge the same
+# package under each other.
+exec 9>/run/lock/cuckoodist-test-deb.lock
+flock -w 900 9 || fail "another packaging/test-deb.sh kept the lock for 15 minutes"
 if dpkg-query -W -f '${Status}' cuckoodist 2>/dev/null | grep -q installed; then
     fail "cuckoodist is already installed here; purge it before running this test"
 fi
@@ -259,44 +263,13 @@ done
 
 # --- 5. Push samples through -------------------------------------------------
 log "publishing $SAMPLES samples"
-# With the project's own confirmed publisher, from the installed venv, to
-# the feed_cuckoo queue of the configuration the daemon runs with.
-venv_python - "$CONFIG" "$SAMPLES" >"$WORK/publish.log" 2>&1 <<'EOF' ||
-import base64, hashlib, json, os, sys, uuid
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
-from cuckoodist.amqp.connection import AMQPConnectionService
-from cuckoodist.config import load_config
-from cuckoodist.publish import publish_confirmed
-
-config = load_config(sys.argv[1])
-count = int(sys.argv[2])
-queue = next(s for s in config.stages if s.type == "feed_cuckoo").consumer_queue
-
-def request(i):
-    data = b"MZ\x90\x00cuckoodist package test %d\x00" % i + os.urandom(16)
-    md5 = hashlib.md5(data).hexdigest()
-    return json.dumps({
-        "payload": {"package": "exe", "timeout": "60"},
-        "file": {"name": f"sample-{i}.exe", "data": base64.b64encode(data).decode()},
-        "crits_data": {"analysis_id": str(uuid.uuid4()), "object_type": "Sample",
-                       "object_id": md5[:24], "md5": md5, "source": "test-deb"},
-    }).encode()
-
-async def publish(reactor):
-    connection = AMQPConnectionService(reactor, config.amqp)
-    connection.startService()
-    try:
-        await publish_confirmed(connection, [(queue, request(i)) for i in range(count)])
-    finally:
-        await connection.stopService()
-    print(f"published {count} samples to {queue}")
-
-react(lambda reactor: Deferred.fromCoroutine(publish(reactor)))
-EOF
+# With the installed command-line tool: it publishes with publisher
+# confirms to the feed_cuckoo queue of the daemon's configuration, then
+# waits for the simulated CRITs.
+/usr/bin/cuckoodist demo -c "$CONFIG" -n "$SAMPLES" --timeout 120 >"$WORK/publish.log" 2>&1 ||
     { cat "$WORK/publish.log" >&2; fail "publishing failed"; }
 
-log "waiting for the simulated CRITs to receive every analysis"
+log "checking that the simulated CRITs received every analysis"
 venv_python - "$CRITS_PORT" "$SAMPLES" <<'EOF' || { tail -n 40 "$WORK/daemon.log" >&2; fail "the samples did not arrive"; }
 import json, sys, time, urllib.request
 port, expected = int(sys.argv[1]), int(sys.argv[2])
@@ -308,9 +281,10 @@ while time.monotonic() < deadline:
     analyses = state.get("analyses", [])
     if isinstance(analyses, dict):
         analyses = list(analyses.values())
-    done = [a for a in analyses if a.get("status") == "completed"]
-    if len(analyses) >= expected and len(done) == len(analyses):
-        print(f"{len(done)} analyses completed")
+    done = [a for a in analyses if a.get("status") == "completed" and a.get("results")]
+    if len(analyses) == expected and len(done) == expected:
+        results = sum(len(a["results"]) for a in done)
+        print(f"{len(done)} analyses completed with {results} results")
         sys.exit(0)
     time.sleep(1)
 print("timed out; last state:", json.dumps(state)[:2000], file=sys.stderr)
