@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Mapping
 from cuckoodist.errors import PermanentError, TransientError
 from cuckoodist.http import HTTPClient, Response
 
-__all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED"]
+__all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED", "TaskNotFound"]
 
 #: Form fields /tasks/create/file understands; other payload keys are ignored.
 SUBMIT_FIELDS = frozenset(
@@ -29,6 +29,12 @@ FINISHED = frozenset({"reported"})
 
 #: Task states that will never produce a report.
 FAILED = frozenset({"failed_analysis", "failed_processing", "failed_reporting", "recovered"})
+
+
+class TaskNotFound(PermanentError):
+    """
+    Cuckoo has no such task: it was never there, or it was deleted.
+    """
 
 
 class CuckooClient:
@@ -102,11 +108,11 @@ class CuckooClient:
         """
         GET /tasks/view/<id>: the task, with its C{status} and C{errors}.
 
-        @raise PermanentError: the task does not exist (404).
+        @raise TaskNotFound: the task does not exist (404).
         """
         response = await self._call("GET", f"/tasks/view/{task_id}", max_body=4 * 1024 * 1024)
         if response.code == 404:
-            raise PermanentError(f"Cuckoo {self.url} has no task {task_id}")
+            raise TaskNotFound(f"Cuckoo {self.url} has no task {task_id}")
         if response.code != 200:
             raise TransientError(f"Cuckoo {self.url} answered {response.code} for task {task_id}")
         task = _json_object(response, self.url, "/tasks/view").get("task")

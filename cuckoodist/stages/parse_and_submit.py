@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from cuckoodist.amqp.consumer import Delivery, Outbox
 from cuckoodist.archive import unpacked
 from cuckoodist.crits import CritsClient
-from cuckoodist.cuckoo import CuckooClient
+from cuckoodist.cuckoo import CuckooClient, TaskNotFound
 from cuckoodist.errors import CuckoodistError, PermanentError
 from cuckoodist.messages import TaskMessage
 from cuckoodist.report.extract import ExtractOptions, extract_results
@@ -45,6 +45,16 @@ class ParseAndSubmit(Stage):
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
         ids = describe(task.crits, task.task_id)
+        if delivery.redelivered and cfg.cuckoo_cleanup and not cfg.producer_queue:
+            # An earlier delivery may have finished the analysis and deleted
+            # the task, and then lost its channel before the ack.  Doing the
+            # work again would wait for a report that will never come, and
+            # end with the overseer marking a completed analysis as failed.
+            try:
+                await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
+            except TaskNotFound:
+                self.log.warn("Task is gone from Cuckoo on a redelivery: an earlier delivery finished and cleaned it up; dropping the duplicate ({ids})", ids=ids)
+                return
         parsers = REPORT_PARSERS.intersection(cfg.enabled_parsers)
         if parsers:
             await self._submit_report(task, cuckoo, crits, parsers, ids)
