@@ -17,7 +17,6 @@ import attrs
 import treq
 from treq.client import HTTPClient as TreqClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
-from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.ssl import CertificateOptions

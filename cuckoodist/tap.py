@@ -6,7 +6,6 @@ This is the only module that touches the global reactor.  Everything
 below it receives the reactor (for time, TCP and threads) as an argument.
 """
 
-import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service

@@ -13,9 +13,8 @@ the last instance of a chain (no C{producer_queue}) finishes the CRITs
 analysis; C{cuckoo_cleanup} then deletes the Cuckoo task.
 """
 
-import os
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from twisted.internet.threads import deferToThreadPool
 
@@ -76,13 +75,7 @@ class ParseAndSubmit(Stage):
     async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str) -> None:
         cfg = self.stage_config
         with tempfile.TemporaryFile(prefix="cuckoodist-report-") as spool:
-
-            async def download() -> None:
-                spool.seek(0)
-                spool.truncate()
-                await cuckoo.download_report(task.task_id, spool, cfg.max_report_size)
-
-            await retrying(self.clock, download, f"report {ids}", attempts=6, base_delay=2.0)
+            await self._download(spool, cuckoo.download_report, task.task_id, cfg.max_report_size, f"report {ids}")
             size = spool.tell()
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
@@ -106,13 +99,7 @@ class ParseAndSubmit(Stage):
         rows: list[ResultRow] = []
         notes: list[str] = []
         with tempfile.NamedTemporaryFile(prefix="cuckoodist-dropped-") as spool:
-
-            async def download() -> None:
-                spool.seek(0)
-                spool.truncate()
-                await cuckoo.download_dropped(task.task_id, spool, cfg.max_dropped_bytes)
-
-            await retrying(self.clock, download, f"dropped files {ids}", attempts=6, base_delay=2.0)
+            await self._download(spool, cuckoo.download_dropped, task.task_id, cfg.max_dropped_bytes, f"dropped files {ids}")
             spool.flush()
             unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
             files, skipped = await self._in_thread(unpacking.__enter__)
@@ -138,6 +125,19 @@ class ParseAndSubmit(Stage):
         for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
             await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
         self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + len(notes), ids=ids)
+
+    async def _download(self, spool: BinaryIO, fetch: Any, task_id: int, limit: int, what: str) -> None:
+        """
+        Stream one Cuckoo download into C{spool}, starting over on each
+        retry: a report still being written answers 404 for a while.
+        """
+
+        async def attempt() -> None:
+            spool.seek(0)
+            spool.truncate()
+            await fetch(task_id, spool, limit)
+
+        await retrying(self.clock, attempt, what, attempts=6, base_delay=2.0)
 
     def _in_thread(self, f: Any, *args: Any) -> Any:
         reactor = self.context.reactor
