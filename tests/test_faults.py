@@ -127,21 +127,25 @@ class KillTests(FaultTestCase):
         seed = int.from_bytes(os.urandom(4), "big")
         rng = random.Random(seed)
         expected = await self.publish(200)
+        # Kill at random moments, spread over the run: once a random number
+        # of samples in each third is done, plus up to half a second.
+        thresholds = [rng.randint(10, 50), rng.randint(75, 115), rng.randint(140, 175)]
         killed_after = []
-        for run in range(3):
+        for run, threshold in enumerate(thresholds):
             daemon = self.spawn(f"run{run}")
-            moment = rng.uniform(2.0, 6.0)
-            await sleep(moment)
+            await harness.wait_until(
+                lambda: self.completed(expected) >= threshold or daemon.exited, 90, f"{threshold} samples done", interval=0.05
+            )
+            await sleep(rng.uniform(0, 0.5))
             self.assertFalse(daemon.exited, f"daemon run {run} exited by itself; see {daemon.log_path}")
-            done = self.completed(expected)
+            killed_after.append(self.completed(expected))
             daemon.signal("KILL")
             await harness.wait_until(lambda: daemon.exited, 10, "the killed daemon to go")
-            killed_after.append(f"{moment:.1f}s/{done} done")
-        self.assertLess(self.completed(expected), len(expected), "the kills came too late to interrupt anything")
+        self.assertLess(killed_after[-1], len(expected), "the kills came too late to interrupt anything")
         last = self.spawn("final")
         await self.all_completed(expected, 150, [last])
         figures = await self.final_tally("kill -9 x3", expected)
-        report("kill -9 x3", f"seed={seed} kills at {', '.join(killed_after)}")
+        report("kill -9 x3", f"seed={seed}; killed with {killed_after} of 200 completed")
         self.assertEqual(figures.lost, ())
         self.assertEqual(figures.delivered, 200)
         self.assertEqual(figures.dumped, 0)
