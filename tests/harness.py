@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from cuckoodist.amqp.connection import AMQPConnectionService
-from cuckoodist.config import Config, parse_config
+from cuckoodist.config import Config, parse_config  # noqa: F401 (re-exported for tests)
 from cuckoodist.simulators.crits import DEFAULT_API_KEY, CritsSimulator
 from cuckoodist.simulators.cuckoo import CuckooSimulator
 from cuckoodist.simulators.server import SimulatorServer

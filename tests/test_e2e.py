@@ -11,6 +11,7 @@ import signal
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from cuckoodist.amqp.connection import AMQPConnectionService
@@ -112,12 +113,19 @@ class PipelineTests(TestCase):
         All four stages in one daemon deliver every sample's results and a
         finished analysis to CRITs, delete each Cuckoo task, end the failed
         analysis as an error and dump the malformed message with its reason.
+        No log line carries the CRITs API key.
         """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         daemon = build_daemon(self.config, reactor)
         daemon.startService()
         self.addCleanup(daemon.stopService)
         expected, failing_id = await self._publish()
         await self._check_outcome(expected, failing_id)
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("analysis=", text)
+        self.assertNotIn(harness.DEFAULT_API_KEY, text)
 
     async def test_two_processes(self) -> None:
         """
@@ -150,3 +158,73 @@ class PipelineTests(TestCase):
             self.addCleanup(stop)
         expected, failing_id = await self._publish()
         await self._check_outcome(expected, failing_id, ends)
+
+
+class ReportFormatTests(TestCase):
+    """
+    The pipeline against Cuckoo 1.2, CAPE-shaped reports, and a Cuckoo
+    2.0.7 that requires its API token.
+    """
+
+    timeout = 120
+
+    async def _pipeline(self, token: str = "", **cuckoo_options) -> dict:
+        peers = harness.Peers(analysis_seconds=0.3, machines=8, token=token, **cuckoo_options)
+        peers.start()
+        self.addCleanup(peers.stop)
+        p = harness.prefix()
+        doc = harness.config_doc(peers, p, os.path.abspath(self.mktemp()))
+        doc["cuckoo"]["sim"]["token"] = token
+        config = harness.parse_config(doc)
+        queues = [s.consumer_queue for s in config.stages]
+        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        daemon = build_daemon(config, reactor)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        wanted = {}
+        for i in range(8):
+            analysis_id, body = harness.request(i, harness.sample(i))
+            wanted[analysis_id] = body
+        connection = AMQPConnectionService(reactor, config.amqp)
+        connection.startService()
+        await publish_confirmed(connection, [(queues[0], body) for body in wanted.values()])
+        await connection.stopService()
+
+        def done() -> bool:
+            analyses = peers.crits.state()["analyses"]
+            return all(analyses.get(a, {}).get("status") == "completed" for a in wanted)
+
+        await harness.wait_until(done, 90, "every analysis to complete")
+        text = "\n".join(formatEvent(e) for e in events)
+        if token:
+            self.assertNotIn(token, text)
+        return {a: peers.crits.state()["analyses"][a] for a in wanted}
+
+    def _subtypes(self, analyses: dict) -> set:
+        return {r["subtype"] for a in analyses.values() for r in a["results"]}
+
+    async def test_cuckoo_12(self) -> None:
+        """
+        Cuckoo 1.2 (string dates, list arguments, summary files/keys/mutexes,
+        no disk space in its status) yields the same kinds of results.
+        """
+        analyses = await self._pipeline(report_format="1.2")
+        self.assertTrue({"info", "signature", "process", "api_call", "file_added"} <= self._subtypes(analyses))
+
+    async def test_cape(self) -> None:
+        """
+        CAPE-shaped reports are read too.
+        """
+        analyses = await self._pipeline(report_format="cape")
+        self.assertTrue({"info", "signature", "process"} <= self._subtypes(analyses))
+
+    async def test_token(self) -> None:
+        """
+        A Cuckoo 2.0.7 with an api_token is used with its Bearer token, and
+        the token never reaches a log line.
+        """
+        analyses = await self._pipeline(token="s3cret-cuckoo-token")
+        self.assertTrue({"info", "api_call"} <= self._subtypes(analyses))
