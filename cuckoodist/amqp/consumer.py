@@ -130,11 +130,12 @@ class QueueConsumer(Service):
             client = await self._connection.whenConnected()
             try:
                 await self._serve(client)
-                failures = 0
             except CancelledError:
                 raise
             except Exception as e:
-                failures += 1
+                # A consumer that had been serving starts the backoff afresh;
+                # one that keeps failing to set up backs off further.
+                failures = 1 if self.consuming else failures + 1
                 log.warn(
                     "Consumer of {queue} stopped: {why}",
                     queue=self._queue,
