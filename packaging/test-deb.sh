@@ -159,7 +159,7 @@ fi
 
 # lintian takes a minute on the venv's thousands of files: run it while
 # the package is exercised, and read its verdict at the end.
-lintian --tag-display-limit 0 --fail-on error,warning "$DEB" >"$WORK/lintian.log" 2>&1 &
+lintian --tag-display-limit 0 --fail-on error,warning "$DEB" >"$WORK/lintian.log" 2>&1 9>&- &
 LINTIAN_PID=$!
 
 # --- 2. Install -------------------------------------------------------------
@@ -213,7 +213,7 @@ log "starting the simulators (Cuckoo on $CUCKOO_PORT, CRITs on $CRITS_PORT)"
 CRITS_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 CUCKOODIST_SIM_CRITS_API_KEY=$CRITS_API_KEY /usr/bin/cuckoodist simulate \
     --cuckoo-port "$CUCKOO_PORT" --crits-port "$CRITS_PORT" --analysis-seconds 1 \
-    >"$WORK/simulate.log" 2>&1 &
+    >"$WORK/simulate.log" 2>&1 9>&- &
 PIDS+=($!)
 wait_for_port "$CUCKOO_PORT" "the Cuckoo simulator"
 wait_for_port "$CRITS_PORT" "the CRITs simulator"
@@ -247,7 +247,7 @@ EXEC=$(sed -n 's/^ExecStart=[-@:+!]*//p' "$UNIT")
 WORKDIR=$(sed -n 's/^WorkingDirectory=//p' "$UNIT")
 read -r -a ARGV <<<"$EXEC"
 log "running as cuckoodist: $EXEC"
-(cd "${WORKDIR:-/}" && exec runuser -u cuckoodist -- "${ARGV[@]}") >"$WORK/daemon.log" 2>&1 &
+(cd "${WORKDIR:-/}" && exec runuser -u cuckoodist -- "${ARGV[@]}") >"$WORK/daemon.log" 2>&1 9>&- &
 RUNUSER_PID=$!
 PIDS+=("$RUNUSER_PID")
 # runuser forks; signal the daemon itself, since runuser answers SIGTERM by
