@@ -13,7 +13,7 @@ charset, because CRITs compares the content type for equality.
 
 import hashlib
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from cuckoodist.crits_encoding import encode_form, result_batches
 from cuckoodist.errors import PermanentError, TransientError
@@ -75,18 +75,19 @@ class CritsClient:
         )
         return _check(response, self._url, "services")
 
-    async def post_results(self, rows: Sequence[ResultRow]) -> int:
+    def result_requests(self, rows: Sequence[ResultRow]) -> Iterator[Mapping[str, str]]:
         """
-        Add C{rows} to the analysis in as few requests as the body limit
-        allows.
+        The form bodies that add C{rows} to the analysis, in as few
+        requests as the body limit allows.  Post each with
+        L{post_request}, so that a retry repeats only the failed one.
+        """
+        return result_batches(rows, self._object_fields, self._max_body)
 
-        @return: the number of requests made.
+    async def post_request(self, fields: Mapping[str, str]) -> None:
         """
-        count = 0
-        for fields in result_batches(rows, self._object_fields, self._max_body):
-            await self._post_service(fields)
-            count += 1
-        return count
+        Post one body from L{result_requests}.
+        """
+        await self._post_service(fields)
 
     async def log(self, message: str, level: str = "info") -> None:
         """

@@ -168,13 +168,14 @@ class ReportFormatTests(TestCase):
 
     timeout = 120
 
-    async def _pipeline(self, token: str = "", **cuckoo_options) -> dict:
+    async def _pipeline(self, token: str = "", parse: dict | None = None, **cuckoo_options) -> dict:
         peers = harness.Peers(analysis_seconds=0.3, machines=8, token=token, **cuckoo_options)
         peers.start()
         self.addCleanup(peers.stop)
         p = harness.prefix()
         doc = harness.config_doc(peers, p, os.path.abspath(self.mktemp()))
         doc["cuckoo"]["sim"]["token"] = token
+        doc["stages"][2].update(parse or {})
         config = harness.parse_config(doc)
         queues = [s.consumer_queue for s in config.stages]
         self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
@@ -228,3 +229,14 @@ class ReportFormatTests(TestCase):
         """
         analyses = await self._pipeline(token="s3cret-cuckoo-token")
         self.assertTrue({"info", "api_call"} <= self._subtypes(analyses))
+
+    async def test_dropped_over_cap(self) -> None:
+        """
+        Dropped files over the byte cap are refused with the reason in the
+        CRITs log; the report's results stand and the analysis completes.
+        """
+        analyses = await self._pipeline(parse={"max_dropped_bytes": 64})
+        self.assertNotIn("file_added", self._subtypes(analyses))
+        self.assertIn("info", self._subtypes(analyses))
+        for analysis in analyses.values():
+            self.assertIn("Dropped files not processed", " ".join(e["message"] for e in analysis["log"]))

@@ -14,15 +14,16 @@ analysis; C{cuckoo_cleanup} then deletes the Cuckoo task.
 """
 
 import tempfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 from twisted.internet.threads import deferToThreadPool
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
-from cuckoodist.archive import unpacked
+from cuckoodist.archive import ArchiveError, unpacked
 from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient, TaskNotFound
 from cuckoodist.errors import CuckoodistError, PermanentError
+from cuckoodist.http import BodyTooLarge
 from cuckoodist.messages import TaskMessage
 from cuckoodist.report.extract import ExtractOptions, extract_results
 from cuckoodist.results import ResultRow
@@ -80,7 +81,7 @@ class ParseAndSubmit(Stage):
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
             extraction = await self._in_thread(extract_results, spool, options)
-        requests = await retrying(self.clock, lambda: crits.post_results(extraction.rows), f"results {ids}")
+        requests = await self._post_rows(crits, extraction.rows, ids)
         self.log.info(
             "Posted {n} results from a {mb:.1f} MB Cuckoo {fmt} report in {r} request(s) ({ids})",
             n=len(extraction.rows),
@@ -99,10 +100,18 @@ class ParseAndSubmit(Stage):
         rows: list[ResultRow] = []
         notes: list[str] = []
         with tempfile.NamedTemporaryFile(prefix="cuckoodist-dropped-") as spool:
-            await self._download(spool, cuckoo.download_dropped, task.task_id, cfg.max_dropped_bytes, f"dropped files {ids}")
-            spool.flush()
-            unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
-            files, skipped = await self._in_thread(unpacking.__enter__)
+            try:
+                await self._download(spool, cuckoo.download_dropped, task.task_id, cfg.max_dropped_bytes, f"dropped files {ids}")
+                spool.flush()
+                unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
+                files, skipped = await self._in_thread(unpacking.__enter__)
+            except (ArchiveError, BodyTooLarge) as e:
+                # The report's results stand; say in CRITs why the dropped
+                # files are missing instead of failing the whole analysis.
+                note = f"Dropped files not processed: {e.reason}"
+                self.log.warn("{note} ({ids})", note=note, ids=ids)
+                await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
+                return
             try:
                 if files and not source:
                     raise PermanentError("crits_data.source is empty; CRITs needs a source to store dropped files")
@@ -120,8 +129,7 @@ class ParseAndSubmit(Stage):
                     rows.append(ResultRow("file_added", dropped.name, {"md5": md5}))
             finally:
                 await self._in_thread(unpacking.__exit__, None, None, None)
-        if rows:
-            await retrying(self.clock, lambda: crits.post_results(rows), f"dropped results {ids}")
+        await self._post_rows(crits, rows, ids)
         for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
             await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
         self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + len(notes), ids=ids)
@@ -138,6 +146,18 @@ class ParseAndSubmit(Stage):
             await fetch(task_id, spool, limit)
 
         await retrying(self.clock, attempt, what, attempts=6, base_delay=2.0)
+
+    async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], ids: str) -> int:
+        """
+        Post C{rows} request by request, each retried on its own.
+
+        @return: the number of requests.
+        """
+        count = 0
+        for fields in crits.result_requests(rows):
+            await retrying(self.clock, lambda: crits.post_request(fields), f"results {ids}")
+            count += 1
+        return count
 
     def _in_thread(self, f: Any, *args: Any) -> Any:
         reactor = self.context.reactor
