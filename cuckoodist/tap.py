@@ -70,7 +70,7 @@ class _LogFileService(Service):
 
     def __init__(self, path: str, level: str) -> None:
         self._path = path
-        self._level = LogLevel.levelWithName(level if level != "warning" else "warn")
+        self._level = _level(level)
         self._observer = None
         self._file = None
 
@@ -119,6 +119,13 @@ class _DaemonService(MultiService):
         return Deferred.fromCoroutine(stop_in_order())
 
 
+def _level(name: str) -> LogLevel:
+    """
+    The twisted.logger level for a C{log_level} setting.
+    """
+    return LogLevel.levelWithName("warn" if name == "warning" else name)
+
+
 def build_daemon(config: Config, reactor: Any) -> MultiService:
     """
     Assemble the daemon: one AMQP connection, one HTTP client, and a
@@ -136,7 +143,8 @@ def build_daemon(config: Config, reactor: Any) -> MultiService:
     connection.setServiceParent(root)
     http = HTTPClient(reactor, config.http_timeout)
     _HTTPService(http).setServiceParent(root)
-    context = StageContext(reactor=reactor, connection=connection, http=http, config=config)
+    level_filter = FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(_level(config.log_level))])
+    context = StageContext(reactor=reactor, connection=connection, http=http, config=config, log_observer=level_filter)
     for stage_config in config.stages:
         STAGES[stage_config.type](context, stage_config).setServiceParent(root)
     return root

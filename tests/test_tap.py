@@ -55,3 +55,24 @@ class OptionsTests(SynchronousTestCase):
             [n.split(":")[0] for n in stage_names],
             [s.type for s in options["parsed"].stages],
         )
+
+
+class LogLevelTests(SynchronousTestCase):
+    def test_stage_lines_follow_log_level(self) -> None:
+        """
+        With log_level warning, a stage's info lines are dropped and its
+        warnings pass.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from cuckoodist.config import parse_config
+
+        config = parse_config({"log_level": "warning", "stages": [{"type": "overseer", "dump_dir": "/nonexistent"}]})
+        daemon = build_daemon(config, MemoryReactorClock())
+        [stage] = [s for s in daemon if getattr(s, "kind", None) == "overseer"]
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        stage.log.info("quiet {n}", n=1)
+        stage.log.warn("loud {n}", n=2)
+        self.assertEqual([e["log_format"] for e in seen], ["loud {n}"])

@@ -39,12 +39,15 @@ class StageContext:
     @ivar connection: the daemon's L{AMQPConnectionService}.
     @ivar http: the daemon's L{HTTPClient}.
     @ivar config: the whole validated configuration.
+    @ivar log_observer: where stage log events go; the daemon passes one
+        that drops events below C{log_level}.
     """
 
     reactor: Any
     connection: Any
     http: HTTPClient
     config: Config
+    log_observer: Any = None
 
 
 class Stage(MultiService):
@@ -61,7 +64,7 @@ class Stage(MultiService):
         self.context = context
         self.stage_config = stage_config
         self.clock = context.reactor
-        self.log = Logger(namespace=f"cuckoodist.{self.kind}")
+        self.log = Logger(namespace=f"cuckoodist.{self.kind}", observer=context.log_observer)
         self.setName(f"{self.kind}:{stage_config.consumer_queue}")
         self.consumer = QueueConsumer(
             context.connection,
