@@ -89,6 +89,7 @@ class AMQPConnectionService(ClientService):
         self._amqp = amqp
         self._where = f"{amqp.host}:{amqp.port}{amqp.vhost}"
         self._client: AMQPClient | None = None
+        self._stopping = False
 
     def _login(self, client: AMQPClient) -> Deferred:
         """
@@ -110,17 +111,23 @@ class AMQPConnectionService(ClientService):
                 raise
             log.info("Connected to RabbitMQ at {where}", where=self._where)
             self._client = client
-            client.disconnected.wait().addCallback(
-                lambda _: log.warn("Lost the RabbitMQ connection to {where}; reconnecting", where=self._where)
-            )
+            client.disconnected.wait().addCallback(self._lost)
 
         return Deferred.fromCoroutine(login())
+
+    def _lost(self, _: object) -> None:
+        if not self._stopping:
+            log.warn("Lost the RabbitMQ connection to {where}; reconnecting", where=self._where)
+        else:
+            log.info("Closed the RabbitMQ connection to {where}", where=self._where)
 
     def stopService(self) -> Deferred:
         """
         Close the connection with a proper C{connection.close}, so that the
         broker requeues unacked deliveries at once, then stop reconnecting.
         """
+
+        self._stopping = True
 
         async def close_then_stop() -> None:
             client, self._client = self._client, None
