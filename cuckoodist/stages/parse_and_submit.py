@@ -45,15 +45,20 @@ class ParseAndSubmit(Stage):
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
         ids = describe(task.crits, task.task_id)
-        if delivery.redelivered and cfg.cuckoo_cleanup and not cfg.producer_queue:
-            # An earlier delivery may have finished the analysis and deleted
-            # the task, and then lost its channel before the ack.  Doing the
-            # work again would wait for a report that will never come, and
-            # end with the overseer marking a completed analysis as failed.
+        if cfg.cuckoo_cleanup and not cfg.producer_queue:
+            # At-least-once delivery means duplicates: a redelivery after a
+            # lost ack, or a second copy of the task forked in check_results
+            # when it died between publishing and acking.  If an earlier copy
+            # finished the analysis, its cleanup deleted the task; doing the
+            # work again would wait for a report that never comes and end
+            # with the overseer marking a completed analysis as failed.
             try:
                 await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
             except TaskNotFound:
-                self.log.warn("Task is gone from Cuckoo on a redelivery: an earlier delivery finished and cleaned it up; dropping the duplicate ({ids})", ids=ids)
+                self.log.warn(
+                    "Task is gone from Cuckoo: a duplicate of a delivery that finished and cleaned it up; dropping it ({ids})",
+                    ids=ids,
+                )
                 return
         parsers = REPORT_PARSERS.intersection(cfg.enabled_parsers)
         if parsers:
