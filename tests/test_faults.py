@@ -79,7 +79,19 @@ class FaultTestCase(TestCase):
         path = faults.write_config(os.path.abspath(self.mktemp() + f"-{tag}.yaml"), self.doc)
         daemon = faults.DaemonProcess(path, os.path.abspath(self.mktemp() + f"-{tag}.log"))
         self.addCleanup(daemon.stop)
+        self.daemon_logs = getattr(self, "daemon_logs", []) + [daemon.log_path]
         return daemon
+
+    def count_in_daemon_logs(self, text: str) -> int:
+        """
+        How many times C{text} occurs in the logs of the daemons spawned.
+        """
+        total = 0
+        for path in getattr(self, "daemon_logs", []):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8", errors="replace") as fp:
+                    total += fp.read().count(text)
+        return total
 
     def in_process(self):
         """
@@ -145,7 +157,8 @@ class KillTests(FaultTestCase):
         last = self.spawn("final")
         await self.all_completed(expected, 150, [last])
         figures = await self.final_tally("kill -9 x3", expected)
-        report("kill -9 x3", f"seed={seed}; killed with {killed_after} of 200 completed")
+        dropped = self.count_in_daemon_logs("Task is gone from Cuckoo")
+        report("kill -9 x3", f"seed={seed}; killed with {killed_after} of 200 completed; {dropped} duplicate(s) of cleaned-up tasks dropped")
         self.assertEqual(figures.lost, ())
         self.assertEqual(figures.delivered, 200)
         self.assertEqual(figures.dumped, 0)
