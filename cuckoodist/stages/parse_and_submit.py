@@ -59,6 +59,11 @@ class ParseAndSubmit(Stage):
                     "Task is gone from Cuckoo: a duplicate of a delivery that finished and cleaned it up; dropping it ({ids})",
                     ids=ids,
                 )
+                # Say so in CRITs too: a duplicate adds a harmless line to a
+                # completed analysis, and a task deleted by hand before it was
+                # parsed leaves the analyst a reason instead of silence.
+                note = f"Cuckoo task {task.task_id} no longer exists; nothing (more) to parse."
+                await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
                 return
         parsers = REPORT_PARSERS.intersection(cfg.enabled_parsers)
         if parsers:
