@@ -103,15 +103,20 @@ CHILDREN = {"ours": child_ours, "json": child_json, "stall": child_stall}
 
 def run_child(mode: str, path: Path, repeat: int = 1) -> dict:
     """
-    Run one measurement in a fresh interpreter, C{repeat} times, and keep
-    the fastest run (the others were slowed by something else).
+    Run one measurement in a fresh interpreter, C{repeat} times.  Timings
+    keep the fastest run (the others were slowed by something else);
+    stalls keep the worst, since a stall is what a user would notice.
     """
     best: dict = {}
     for _ in range(repeat):
         output = subprocess.run([sys.executable, __file__, "--child", mode, str(path)],
                                 check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
-        if not best or result.get("seconds", 0) < best.get("seconds", 0):
+        if mode == "stall":
+            better = result["stall_ms"] > best.get("stall_ms", -1.0)
+        else:
+            better = not best or result["seconds"] < best["seconds"]
+        if better:
             best = result
     return best
 
@@ -170,8 +175,11 @@ def main(argv: list[str]) -> None:
                 path, _ = generate(directory, fmt, megabytes)
                 size = path.stat().st_size / 1e6
                 ours = run_child("ours", path, args.repeat)
-                baseline = run_child("json", path, args.repeat)
+                # Stalls are measured before the json.load baseline: right
+                # after that child frees gigabytes, the kernel's reclaim made
+                # one 1 GB stall reading ten times its usual value.
                 stall = run_child("stall", path, args.repeat)
+                baseline = run_child("json", path, args.repeat)
                 print("| %s | %.0f | %d | %.2f (%.2f) | %.1f | %.0f | %.2f (%.2f) | %.1f | %.0f "
                       "| %.2fx | %.1f |"
                       % (fmt, size, ours["calls"], ours["seconds"], ours["cpu"],
