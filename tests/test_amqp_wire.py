@@ -61,3 +61,23 @@ class HeaderFrameTests(SynchronousTestCase):
         spec = load_amqp_spec()
         frame = b"\x03" + struct.pack("!H", 1) + struct.pack("!I", 1) + b"x" + b"\x00"
         self.assertRaises(ValueError, unpack_frame, spec, frame, 206)
+
+
+class DescribeCloseTests(SynchronousTestCase):
+    def test_broker_close(self) -> None:
+        """
+        A broker's close method, bare, wrapped in txAMQP's exception or in a
+        Failure, reads as its reply code and text.
+        """
+        from twisted.python.failure import Failure
+        from txamqp.client import ChannelClosed
+        from txamqp.message import Message
+
+        from cuckoodist.amqp.protocol import describe_close
+
+        close = load_amqp_spec().classes.byname["channel"].methods.byname["close"]
+        message = Message(close, [406, "PRECONDITION_FAILED - delivery acknowledgement timed out", 0, 0])
+        expected = "406 PRECONDITION_FAILED - delivery acknowledgement timed out"
+        for reason in (message, ChannelClosed(message), Failure(ChannelClosed(message))):
+            self.assertEqual(describe_close(reason), expected)
+        self.assertEqual(describe_close(ValueError()), "ValueError")

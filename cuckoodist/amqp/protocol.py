@@ -16,8 +16,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed, TwistedDelegate
 from txamqp.content import Content
+from txamqp.message import Message
 from txamqp.protocol import AMQChannel, AMQClient
 
 from cuckoodist.amqp.wire import unpack_frame
@@ -204,11 +206,15 @@ class AMQPClient(AMQClient):
 
 def describe_close(reason: Any) -> str:
     """
-    Render why a channel or connection closed, in one line.
+    Render why a channel or connection closed, in one line: the broker's
+    reply code and text when it sent a close method, else the error.
+
+    @param reason: a L{Failure}, an exception (txAMQP wraps the broker's
+        close method as its first argument), or the close method itself.
     """
-    failure_value = getattr(reason, "value", reason)
-    for candidate in (failure_value, getattr(failure_value, "args", [None])[0] if getattr(failure_value, "args", None) else None):
-        fields = getattr(candidate, "fields", None)
-        if fields and len(fields) >= 2:
-            return f"{fields[0]} {fields[1]}"
-    return str(failure_value)
+    if isinstance(reason, Failure):
+        reason = reason.value
+    for candidate in [reason, *getattr(reason, "args", ())[:1]]:
+        if isinstance(candidate, Message) and len(candidate.fields) >= 2:
+            return f"{candidate.fields[0]} {candidate.fields[1]}"
+    return str(reason) or type(reason).__name__
