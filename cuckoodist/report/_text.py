@@ -1,0 +1,429 @@
+# -*- test-case-name: tests.test_report -*-
+"""
+The fast path of L{cuckoodist.report.extract}: walk a report's text with
+regular expressions and C{json}'s C scanner, never producing parser events.
+
+Why: an event-based parser (ijson) makes one Python tuple per JSON token,
+and that alone caps it near C{json.load}'s speed.  Nearly all of a report is
+call lists, and past the C{api_calls_max} cap a call only has to be checked
+and counted.  One compiled pattern (L{_DICT_ITEM}) matches a whole call dict
+and its separator in C, exactly to the JSON grammar, so a run of calls costs
+one C{re} match each and nothing else.  The first calls, and every small
+piece the rows need, are decoded by C{json}'s own C scanner, the very one
+L{cuckoodist.report.plain} relies on.
+
+The text is held in a window of about one read block (see
+L{cuckoodist.report.extract._READ_SIZE}); every C call works on a bounded
+piece of it (a few hundred calls, a 64 KiB slice), so the reactor thread
+still gets the GIL every millisecond or so.
+
+This path only has to be right on what it accepts.  Whatever surprises it
+(invalid or truncated JSON, a constant such as C{NaN}, deep nesting, a huge
+value it would have to build) raises L{Fallback}, and the caller starts over
+with the event-based walker, which knows how to word the error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from itertools import islice
+from typing import Any, BinaryIO, Callable, Iterator
+
+from cuckoodist.report.rows import PROCESS_HEADER_KEYS, RowCollector
+
+__all__ = ["Fallback", "walk"]
+
+
+class Fallback(Exception):
+    """
+    The fast path cannot be sure; use the event-based walker.
+    """
+
+
+def _pattern() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """
+    Compile the JSON patterns.  Possessive quantifiers and atomic groups
+    (Python 3.11) keep a failed match from backtracking.
+
+    @return: (a dict array item with its separator, a string's body, white
+        space).
+    """
+    ws = r"[ \t\n\r]*+"
+    char = r'[^"\\\x00-\x1f]'
+    escape = r'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})'
+    body = char + "*+(?:" + escape + char + "*+)*+"
+    # The same language as '"' + body + '"', but a string without escapes
+    # (nearly all) takes the first branch and no repeat is set up.
+    string = '"' + char + '*+(?:"|(?:' + escape + char + '*+)++")'
+    # Empty branches, not "?": an optional group costs a repeat in sre.
+    number = r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++|)(?:[eE][-+]?+[0-9]++|)"
+
+    def obj(value: str) -> str:
+        return (r"\{" + ws + "(?:" + string + ws + ":" + ws + "(?>" + value + ")" + ws
+                + r'(?:,' + ws + r'(?=")|(?=\})))*+\}')
+
+    def arr(value: str) -> str:
+        return (r"\[" + ws + "(?:(?>" + value + ")" + ws
+                + r"(?:," + ws + r"(?=[^\]])|(?=\])))*+\]")
+
+    value = string + "|" + number + "|true|false|null"
+    for _ in range(4):
+        value = "|".join((string, number, obj(value), arr(value), "true|false|null"))
+    # The outer dict spells its members out twice, which measured faster
+    # than the lookahead form the nested ones use to stay small.
+    member = string + ws + ":" + ws + "(?:" + value + ")" + ws
+    item = (r"(?>\{" + ws + "(?:" + member + "(?:," + ws + member + ")*+|)" + r"\})"
+            + ws + "(?:," + ws + r"(?=[^\]])|(?=\]))")
+    return re.compile(item), re.compile(body), re.compile(ws)
+
+
+#: One dict item of an array, nested at most five deep, with the comma (or
+#: the lookahead of C{]}) after it.
+_DICT_ITEM, _STRING_BODY, _WS = _pattern()
+
+#: Items matched per C call: a few hundred microseconds of work.
+_RUN = 256
+#: The longest slice the C scanner builds a value from in one call.
+_SLICE = 64 * 1024
+#: A value is read from a small slice first, so small values (nearly all)
+#: do not pay for copying a large one.
+_SMALL = 4 * 1024
+#: The deepest nesting walked in Python before giving up.
+_MAX_DEPTH = 64
+
+
+def _constant(name: str) -> Any:
+    raise ValueError("not JSON: " + name)
+
+
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
+    parse_constant=_constant).scan_once
+
+
+class _Text:
+    """
+    A window on the report text, refilled one read block at a time.
+
+    @ivar text: the decoded text held.
+    @ivar pos: the index in L{text} where the walk is.
+    @ivar eof: whether L{text} holds the end of the file.
+    """
+
+    def __init__(self, fp: BinaryIO, read_size: int) -> None:
+        self._fp = fp
+        self._read_size = read_size
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+
+    def fill(self) -> None:
+        """
+        Drop the text already walked and append the next block.
+
+        @raise Fallback: at the end of the file, or on bad UTF-8.
+        """
+        if self.eof:
+            raise Fallback("end of file")
+        block = self._fp.read(self._read_size)
+        try:
+            more = self._decoder.decode(block, final=not block)
+        except UnicodeDecodeError:
+            raise Fallback("utf-8") from None
+        self.eof = not block
+        self.text = self.text[self.pos:] + more
+        self.pos = 0
+
+    def skip_ws(self) -> str:
+        """
+        Skip white space, reading on as needed.
+
+        @return: the next character, or C{""} at the end of the file.
+        """
+        while True:
+            self.pos = _WS.match(self.text, self.pos).end()
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if self.eof:
+                return ""
+            self.fill()
+
+    def expect(self, char: str) -> None:
+        if self.skip_ws() != char:
+            raise Fallback("expected " + char)
+        self.pos += 1
+
+    def scan(self) -> tuple[Any, bool]:
+        """
+        Decode the value at L{pos} if it fits in a slice of L{_SLICE}.
+
+        @return: C{(value, True)} with L{pos} after it, or C{(None, False)}
+            with L{pos} unchanged if the value is longer than a slice.
+        """
+        self.skip_ws()
+        for size in (_SMALL, _SLICE):
+            while len(self.text) - self.pos < size and not self.eof:
+                self.fill()
+            window = self.text[self.pos:self.pos + size]
+            whole = len(window) < size
+            try:
+                value, end = _scan_once(window, 0)
+            except (StopIteration, ValueError, RecursionError):
+                if whole:
+                    raise Fallback("invalid value") from None
+                continue
+            if whole or end < len(window):
+                self.pos += end
+                return value, True
+        return None, False
+
+    def build(self) -> Any:
+        """
+        @return: the value at L{pos}, decoded.
+        @raise Fallback: if it is too long to build in one C call.
+        """
+        value, done = self.scan()
+        if not done:
+            raise Fallback("value too long to build")
+        return value
+
+    def skip(self, depth: int = 0) -> None:
+        """
+        Check and step over the value at L{pos}, in flat memory whatever
+        its size.
+        """
+        _, done = self.scan()
+        if done:
+            return
+        if depth > _MAX_DEPTH:
+            raise Fallback("too deep")
+        first = self.text[self.pos]
+        if first == "{":
+            for _ in self.entries():
+                self.skip(depth + 1)
+        elif first == "[":
+            for _ in self.items():
+                self.skip(depth + 1)
+        elif first == '"':
+            self._skip_string()
+        else:
+            raise Fallback("long scalar")
+
+    def _skip_string(self) -> None:
+        self.pos += 1
+        while True:
+            self.pos = _STRING_BODY.match(self.text, self.pos).end()
+            if self.pos < len(self.text) and self.text[self.pos] == '"':
+                self.pos += 1
+                return
+            # Stopped by a character a string may not hold, or by the end
+            # of the window (perhaps inside an escape).
+            if len(self.text) - self.pos > 6 or self.eof:
+                raise Fallback("bad string")
+            self.fill()
+
+    def entries(self) -> Iterator[str]:
+        """
+        Iterate over the keys of the object at L{pos}; the caller must step
+        over each value (L{skip}, L{build}) before asking for the next.
+        """
+        self.expect("{")
+        if self.skip_ws() == "}":
+            self.pos += 1
+            return
+        while True:
+            if self.skip_ws() != '"':
+                raise Fallback("expected a key")
+            key = self.build()
+            self.expect(":")
+            yield key
+            char = self.skip_ws()
+            self.pos += 1
+            if char == "}":
+                return
+            if char != ",":
+                raise Fallback("expected , or }")
+
+    def items(self) -> Iterator[str]:
+        """
+        Iterate over the items of the array at L{pos}, giving the first
+        character of each; same contract as L{entries}.
+        """
+        self.expect("[")
+        if self.skip_ws() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.skip_ws()
+            char = self.skip_ws()
+            self.pos += 1
+            if char == "]":
+                return
+            if char != ",":
+                raise Fallback("expected , or ]")
+
+    def count_dict_items(self) -> tuple[int, bool]:
+        """
+        Count the run of dict items starting at L{pos} inside an array, in
+        C, each with the comma after it.  L{pos} must be on an item (after
+        a comma), not on the C{[}.
+
+        @return: how many were stepped over, and whether the array's C{]}
+            is next.
+        """
+        count = 0
+        while True:
+            scanner = _DICT_ITEM.scanner(self.text, self.pos)
+            while True:
+                run = list(islice(iter(scanner.match, None), _RUN))
+                if not run:
+                    break
+                count += len(run)
+                self.pos = run[-1].end()
+            char = self.skip_ws()
+            if char == "]":
+                if not count:
+                    # Right after a comma: "[..., ]".
+                    raise Fallback("trailing comma")
+                return count, True
+            if len(self.text) - self.pos > _SLICE or self.eof:
+                return count, False
+            # The next item may be cut by the end of the window.
+            self.fill()
+
+
+def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
+    """
+    Walk one process's call list.
+
+    @param room: how many calls may still be kept.
+    @return: the first (at most C{room}) dict calls, and how many dict calls
+        the list holds.
+    """
+    kept: list[dict] = []
+    seen = 0
+    text.expect("[")
+    if text.skip_ws() == "]":
+        text.pos += 1
+        return kept, seen
+    while True:
+        if len(kept) < room:
+            # A dict the scanner closes inside the window is complete, so
+            # the common case needs no slice (see L{_Text.scan}).
+            try:
+                call, end = _scan_once(text.text, text.pos)
+            except (StopIteration, ValueError, RecursionError):
+                call = None
+            if type(call) is dict:
+                text.pos = end
+            else:
+                call, done = text.scan()
+                if not done:
+                    raise Fallback("call too long to build")
+            if type(call) is dict:
+                kept.append(call)
+                seen += 1
+            char = text.skip_ws()
+            text.pos += 1
+            if char == "]":
+                return kept, seen
+            if char != ",":
+                raise Fallback("expected , or ]")
+            text.skip_ws()
+            continue
+        count, closed = text.count_dict_items()
+        seen += count
+        if closed:
+            text.pos += 1
+            return kept, seen
+        # Not a dict the pattern knows (another type, deeper nesting, an
+        # escape it refuses): step over it the slow way.
+        seen += text.skip_ws() == "{"
+        text.skip()
+        char = text.skip_ws()
+        text.pos += 1
+        if char == "]":
+            return kept, seen
+        if char != ",":
+            raise Fallback("expected , or ]")
+
+
+def _process(text: _Text, collector: RowCollector) -> None:
+    header: dict[str, Any] = {}
+    kept: list[dict] = []
+    seen = 0
+    for key in text.entries():
+        if key == "calls" and text.skip_ws() == "[":
+            more, count = _calls(text, collector.call_room - len(kept))
+            kept.extend(more)
+            seen += count
+        elif key in PROCESS_HEADER_KEYS:
+            header[key] = text.build()
+        else:
+            text.skip()
+    collector.add_process(header, kept, seen)
+
+
+def _behavior(text: _Text, collector: RowCollector) -> None:
+    for key in text.entries():
+        first = text.skip_ws()
+        if key == "processes" and first == "[":
+            for item in text.items():
+                if item == "{":
+                    _process(text, collector)
+                else:
+                    text.skip()
+        elif key == "summary" and first == "{":
+            for name in text.entries():
+                if collector.wants_summary(name):
+                    collector.add_summary(name, text.build())
+                else:
+                    text.skip()
+        else:
+            text.skip()
+
+
+def _network(text: _Text, collector: RowCollector) -> None:
+    adders = {"hosts": collector.add_host, "domains": collector.add_domain,
+              "http": collector.add_http}
+    for key in text.entries():
+        add = adders.get(key)
+        if add is not None and text.skip_ws() == "[":
+            for _ in text.items():
+                add(text.build())
+        else:
+            text.skip()
+
+
+def walk(fp: BinaryIO, collector: RowCollector, read_size: int) -> None:
+    """
+    Walk the whole report, handing its pieces to C{collector}.
+
+    @param read_size: bytes per file read.
+    @raise Fallback: if the report is anything but plain valid JSON this
+        path can vouch for; C{collector} is then half filled and must be
+        thrown away.
+    """
+    text = _Text(fp, read_size)
+    first = text.skip_ws()
+    if first != "{":
+        text.skip()
+    else:
+        for key in text.entries():
+            collector.evidence.top_key(key)
+            kind = text.skip_ws()
+            if key == "info":
+                collector.set_info(text.build())
+            elif key == "signatures" and kind == "[":
+                for _ in text.items():
+                    collector.add_signature(text.build())
+            elif key == "behavior" and kind == "{":
+                _behavior(text, collector)
+            elif key == "network" and kind == "{":
+                _network(text, collector)
+            else:
+                text.skip()
+    if text.skip_ws() != "":
+        raise Fallback("trailing data")
