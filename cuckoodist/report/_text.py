@@ -155,15 +155,15 @@ class _Text:
             raise Fallback("expected " + char)
         self.pos += 1
 
-    def scan(self) -> tuple[Any, bool]:
+    def scan(self, sizes: tuple[int, ...] | None = None) -> tuple[Any, bool]:
         """
-        Decode the value at L{pos} if it fits in a slice of L{_SLICE}.
+        Decode the value at L{pos} if it fits in a slice of one of C{sizes}.
 
         @return: C{(value, True)} with L{pos} after it, or C{(None, False)}
-            with L{pos} unchanged if the value is longer than a slice.
+            with L{pos} unchanged if the value is longer than the slices.
         """
         self.skip_ws()
-        for size in (_SMALL, _SLICE):
+        for size in sizes or (_SMALL, _SLICE):
             while len(self.text) - self.pos < size and not self.eof:
                 self.fill()
             window = self.text[self.pos:self.pos + size]
@@ -179,14 +179,42 @@ class _Text:
                 return value, True
         return None, False
 
-    def build(self) -> Any:
+    def build(self, depth: int = 0) -> Any:
         """
-        @return: the value at L{pos}, decoded.
-        @raise Fallback: if it is too long to build in one C call.
+        @return: the value at L{pos}, decoded.  A long one (a signature
+            with thousands of marks, a long summary list) is put together
+            from its parts, so no single C call takes long.
         """
         value, done = self.scan()
-        if not done:
-            raise Fallback("value too long to build")
+        if done:
+            return value
+        if depth > _MAX_DEPTH:
+            raise Fallback("too deep")
+        first = self.text[self.pos]
+        if first == "{":
+            return {key: self.build(depth + 1) for key in self.entries()}
+        if first == "[":
+            return [self.build(depth + 1) for _ in self.items()]
+        if first == '"':
+            return self._build_string()
+        raise Fallback("long scalar")
+
+    def _build_string(self) -> str:
+        """
+        Decode a string longer than a slice: find its end (reading on as
+        needed, the window then grows to hold it), then decode it in one go
+        like any value of that size would be.
+        """
+        checked = self.pos + 1
+        while True:
+            checked = _STRING_BODY.match(self.text, checked).end()
+            if checked < len(self.text) and self.text[checked] == '"':
+                break
+            if len(self.text) - checked > 6 or self.eof:
+                raise Fallback("bad string")
+            checked -= self.pos
+            self.fill()
+        value, self.pos = _scan_once(self.text, self.pos)
         return value
 
     def skip(self, depth: int = 0) -> None:
@@ -194,7 +222,9 @@ class _Text:
         Check and step over the value at L{pos}, in flat memory whatever
         its size.
         """
-        _, done = self.scan()
+        # One small slice only: a long value is walked, not scanned again
+        # at every level.
+        _, done = self.scan((_SMALL,))
         if done:
             return
         if depth > _MAX_DEPTH:
@@ -208,7 +238,7 @@ class _Text:
                 self.skip(depth + 1)
         elif first == '"':
             self._skip_string()
-        else:
+        elif not self.scan((_SLICE,))[1]:
             raise Fallback("long scalar")
 
     def _skip_string(self) -> None:
@@ -319,9 +349,7 @@ def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
             if type(call) is dict:
                 text.pos = end
             else:
-                call, done = text.scan()
-                if not done:
-                    raise Fallback("call too long to build")
+                call = text.build()
             if type(call) is dict:
                 kept.append(call)
                 seen += 1
