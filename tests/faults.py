@@ -4,7 +4,6 @@ can be killed, the broker's control tool, and the tally of what became of
 every sample (delivered, duplicated, dumped, lost).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ from twisted.internet.utils import getProcessOutputAndValue
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import QueueConsumer
 from cuckoodist.dump import DumpStore
-from cuckoodist.publish import publish_confirmed
 from cuckoodist.simulators.crits import CritsSimulator
 from tests import harness
 
@@ -128,18 +126,8 @@ async def publish_samples(amqp: Any, queue: str, count: int, fail_every: int = 0
 
     @return: analysis id -> md5 of the sample.
     """
-    messages, expected = [], {}
-    for i in range(count):
-        data = harness.sample(i)
-        analysis_id, body = harness.request(i, data, with_credentials=i % 2 == 0)
-        expected[analysis_id] = hashlib.md5(data).hexdigest()
-        messages.append((queue, body))
-    connection = AMQPConnectionService(reactor, amqp)
-    connection.startService()
-    try:
-        await publish_confirmed(connection, messages)
-    finally:
-        await connection.stopService()
+    messages, expected = harness.requests(queue, count)
+    await harness.publish(amqp, messages)
     return expected
 
 

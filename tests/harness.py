@@ -132,6 +132,37 @@ def request(i: int, data: bytes, with_credentials: bool = False) -> tuple[str, b
     return analysis_id, json.dumps(body).encode()
 
 
+def requests(queue: str, count: int) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """
+    C{count} Go-format requests for C{queue}; every other one carries its
+    own CRITs credentials, the rest rely on the configured CRITs.
+
+    @return: the C{(queue, body)} messages, and analysis id -> sample md5.
+    """
+    messages, expected = [], {}
+    for i in range(count):
+        data = sample(i)
+        analysis_id, body = request(i, data, with_credentials=i % 2 == 0)
+        expected[analysis_id] = hashlib.md5(data).hexdigest()
+        messages.append((queue, body))
+    return messages, expected
+
+
+async def publish(amqp: Any, messages: list[tuple[str, bytes]]) -> None:
+    """
+    Publish C{messages} as the CRITs-side service would: persistent and
+    confirmed, on a connection of their own.
+    """
+    from cuckoodist.publish import publish_confirmed
+
+    connection = AMQPConnectionService(reactor, amqp)
+    connection.startService()
+    try:
+        await publish_confirmed(connection, messages)
+    finally:
+        await connection.stopService()
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     """
     Poll C{predicate} until it holds.

@@ -3,7 +3,6 @@ End to end: Go-format requests through every stage, against the real
 RabbitMQ and the simulated Cuckoo and CRITs over real sockets.
 """
 
-import hashlib
 import json
 import os
 import signal
@@ -14,9 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.dump import DumpStore
-from cuckoodist.publish import publish_confirmed
 from cuckoodist.tap import build_daemon
 from tests import harness
 
@@ -50,21 +47,11 @@ class PipelineTests(TestCase):
 
     async def _publish(self) -> tuple[dict, str]:
         feed = self.config.stages[0].consumer_queue
-        messages, expected = [], {}
-        for i in range(SAMPLES):
-            data = harness.sample(i)
-            analysis_id, body = harness.request(i, data, with_credentials=i % 2 == 0)
-            expected[analysis_id] = hashlib.md5(data).hexdigest()
-            messages.append((feed, body))
+        messages, expected = harness.requests(feed, SAMPLES)
         failing_id, body = harness.request(999, harness.sample(999, fail=True))
         messages.append((feed, body))
         messages.append((feed, b"{this is not json"))
-        connection = AMQPConnectionService(reactor, self.config.amqp)
-        connection.startService()
-        try:
-            await publish_confirmed(connection, messages)
-        finally:
-            await connection.stopService()
+        await harness.publish(self.config.amqp, messages)
         return expected, failing_id
 
     async def _check_outcome(self, expected: dict, failing_id: str, daemons: list[Deferred] = ()) -> None:
@@ -189,10 +176,7 @@ class ReportFormatTests(TestCase):
         for i in range(8):
             analysis_id, body = harness.request(i, harness.sample(i))
             wanted[analysis_id] = body
-        connection = AMQPConnectionService(reactor, config.amqp)
-        connection.startService()
-        await publish_confirmed(connection, [(queues[0], body) for body in wanted.values()])
-        await connection.stopService()
+        await harness.publish(config.amqp, [(queues[0], body) for body in wanted.values()])
 
         def done() -> bool:
             analyses = peers.crits.state()["analyses"]
