@@ -51,7 +51,9 @@ def _pattern() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
         space).
     """
     ws = r"[ \t\n\r]*+"
-    char = r'[^"\\\x00-\x1f]'
+    # A string's plain character, [^"\\\x00-\x1f] spelled as ranges: sre
+    # matches the negated set three times slower.
+    char = r"[\x20\x21\x23-\x5b\x5d-\U0010ffff]"
     escape = r'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})'
     body = char + "*+(?:" + escape + char + "*+)*+"
     # The same language as '"' + body + '"', but a string without escapes
@@ -68,9 +70,11 @@ def _pattern() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
         return (r"\[" + ws + "(?:(?>" + value + ")" + ws
                 + r"(?:," + ws + r"(?=[^\]])|(?=\])))*+\]")
 
-    value = string + "|" + number + "|true|false|null"
+    # Branches that start with a literal are skipped at a glance, so the
+    # number, which does not, comes last.
+    value = string + "|true|false|null|" + number
     for _ in range(4):
-        value = "|".join((string, number, obj(value), arr(value), "true|false|null"))
+        value = "|".join((string, obj(value), arr(value), "true|false|null", number))
     # The outer dict spells its members out twice, which measured faster
     # than the lookahead form the nested ones use to stay small.
     member = string + ws + ":" + ws + "(?:" + value + ")" + ws
@@ -82,6 +86,10 @@ def _pattern() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
 #: One dict item of an array, nested at most five deep, with the comma (or
 #: the lookahead of C{]}) after it.
 _DICT_ITEM, _STRING_BODY, _WS = _pattern()
+
+#: What may follow an array item: a comma and the next item's start (not
+#: a C{]}), or the C{]}.
+_SEPARATOR = re.compile(r"[ \t\n\r]*+(?:,[ \t\n\r]*+(?=[^\]])|\])")
 
 #: Items matched per C call: a few hundred microseconds of work.
 _RUN = 256
@@ -324,6 +332,39 @@ class _Text:
             self.fill()
 
 
+def _keep_run(text: _Text, kept: list[dict], room: int) -> bool:
+    """
+    Decode the run of dict calls at L{_Text.pos} into C{kept}, up to
+    C{room} of them, with as little Python per call as possible.  A dict
+    the C scanner closes inside the window is complete, so it needs no
+    slice (see L{_Text.scan}).
+
+    @return: whether the array's C{]} was reached; if not, L{_Text.pos} is
+        on the next item, which this loop did not take.
+    """
+    source = text.text
+    pos = text.pos
+    scan = _scan_once
+    separator = _SEPARATOR.match
+    while len(kept) < room:
+        try:
+            call, end = scan(source, pos)
+        except (StopIteration, ValueError, RecursionError):
+            break
+        if type(call) is not dict:
+            break
+        after = separator(source, end)
+        if after is None:
+            break
+        kept.append(call)
+        pos = after.end()
+        if source[pos - 1] == "]":
+            text.pos = pos
+            return True
+    text.pos = pos
+    return False
+
+
 def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
     """
     Walk one process's call list.
@@ -340,16 +381,16 @@ def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
         return kept, seen
     while True:
         if len(kept) < room:
-            # A dict the scanner closes inside the window is complete, so
-            # the common case needs no slice (see L{_Text.scan}).
-            try:
-                call, end = _scan_once(text.text, text.pos)
-            except (StopIteration, ValueError, RecursionError):
-                call = None
-            if type(call) is dict:
-                text.pos = end
-            else:
-                call = text.build()
+            before = len(kept)
+            closed = _keep_run(text, kept, room)
+            seen += len(kept) - before
+            if closed:
+                return kept, seen
+            if len(kept) >= room:
+                continue
+            # An item the quick loop does not take: not a dict, long, or
+            # cut by the end of the window.
+            call = text.build()
             if type(call) is dict:
                 kept.append(call)
                 seen += 1
