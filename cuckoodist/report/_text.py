@@ -106,8 +106,12 @@ def _constant(name: str) -> Any:
     raise ValueError("not JSON: " + name)
 
 
-_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(
-    parse_constant=_constant).scan_once
+def _scanner() -> Callable[[str, int], tuple[Any, int]]:
+    """
+    @return: C{json}'s C scanner, refusing C{NaN} and C{Infinity} like
+        yajl does.  Each walk makes its own: a scanner keeps a key memo.
+    """
+    return json.JSONDecoder(parse_constant=_constant).scan_once
 
 
 class _Text:
@@ -117,12 +121,14 @@ class _Text:
     @ivar text: the decoded text held.
     @ivar pos: the index in L{text} where the walk is.
     @ivar eof: whether L{text} holds the end of the file.
+    @ivar scan_once: this walk's C{json} scanner.
     """
 
     def __init__(self, fp: BinaryIO, read_size: int) -> None:
         self._fp = fp
         self._read_size = read_size
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.scan_once = _scanner()
         self.text = ""
         self.pos = 0
         self.eof = False
@@ -177,7 +183,7 @@ class _Text:
             window = self.text[self.pos:self.pos + size]
             whole = len(window) < size
             try:
-                value, end = _scan_once(window, 0)
+                value, end = self.scan_once(window, 0)
             except (StopIteration, ValueError, RecursionError):
                 if whole:
                     raise Fallback("invalid value") from None
@@ -222,7 +228,7 @@ class _Text:
                 raise Fallback("bad string")
             checked -= self.pos
             self.fill()
-        value, self.pos = _scan_once(self.text, self.pos)
+        value, self.pos = self.scan_once(self.text, self.pos)
         return value
 
     def skip(self, depth: int = 0) -> None:
@@ -332,9 +338,11 @@ class _Text:
             self.fill()
 
 
-def _keep_run(text: _Text, kept: list[dict], room: int) -> bool:
+def _keep_run(text: _Text, kept: list[tuple[str, dict]], room: int,
+              row: Callable[[dict, int], tuple[str, dict]]) -> bool:
     """
-    Decode the run of dict calls at L{_Text.pos} into C{kept}, up to
+    Decode the run of dict calls at L{_Text.pos}, turn each into its row
+    with C{row} (L{RowCollector.api_call}) and add that to C{kept}, up to
     C{room} of them, with as little Python per call as possible.  A dict
     the C scanner closes inside the window is complete, so it needs no
     slice (see L{_Text.scan}).
@@ -344,7 +352,7 @@ def _keep_run(text: _Text, kept: list[dict], room: int) -> bool:
     """
     source = text.text
     pos = text.pos
-    scan = _scan_once
+    scan = text.scan_once
     separator = _SEPARATOR.match
     while len(kept) < room:
         try:
@@ -356,7 +364,7 @@ def _keep_run(text: _Text, kept: list[dict], room: int) -> bool:
         after = separator(source, end)
         if after is None:
             break
-        kept.append(call)
+        kept.append(row(call, len(kept)))
         pos = after.end()
         if source[pos - 1] == "]":
             text.pos = pos
@@ -365,39 +373,40 @@ def _keep_run(text: _Text, kept: list[dict], room: int) -> bool:
     return False
 
 
-def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
+def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
+           row: Callable[[dict, int], tuple[str, dict]]) -> int:
     """
     Walk one process's call list.
 
-    @param room: how many calls may still be kept.
-    @return: the first (at most C{room}) dict calls, and how many dict calls
-        the list holds.
+    @param kept: the rows of the process's calls kept so far; the rows of
+        this list's first calls are added, up to C{room} in all.
+    @param row: L{RowCollector.api_call}.
+    @return: how many dict calls the list holds.
     """
-    kept: list[dict] = []
     seen = 0
     text.expect("[")
     if text.skip_ws() == "]":
         text.pos += 1
-        return kept, seen
+        return seen
     while True:
         if len(kept) < room:
             before = len(kept)
-            closed = _keep_run(text, kept, room)
+            closed = _keep_run(text, kept, room, row)
             seen += len(kept) - before
             if closed:
-                return kept, seen
+                return seen
             if len(kept) >= room:
                 continue
             # An item the quick loop does not take: not a dict, long, or
             # cut by the end of the window.
             call = text.build()
             if type(call) is dict:
-                kept.append(call)
+                kept.append(row(call, len(kept)))
                 seen += 1
             char = text.skip_ws()
             text.pos += 1
             if char == "]":
-                return kept, seen
+                return seen
             if char != ",":
                 raise Fallback("expected , or ]")
             text.skip_ws()
@@ -406,7 +415,7 @@ def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
         seen += count
         if closed:
             text.pos += 1
-            return kept, seen
+            return seen
         # Not a dict the pattern knows (another type, deeper nesting, an
         # escape it refuses): step over it the slow way.
         seen += text.skip_ws() == "{"
@@ -414,25 +423,23 @@ def _calls(text: _Text, room: int) -> tuple[list[dict], int]:
         char = text.skip_ws()
         text.pos += 1
         if char == "]":
-            return kept, seen
+            return seen
         if char != ",":
             raise Fallback("expected , or ]")
 
 
 def _process(text: _Text, collector: RowCollector) -> None:
     header: dict[str, Any] = {}
-    kept: list[dict] = []
+    kept: list[tuple[str, dict]] = []
     seen = 0
     for key in text.entries():
         if key == "calls" and text.skip_ws() == "[":
-            more, count = _calls(text, collector.call_room - len(kept))
-            kept.extend(more)
-            seen += count
+            seen += _calls(text, kept, collector.call_room, collector.api_call)
         elif key in PROCESS_HEADER_KEYS:
             header[key] = text.build()
         else:
             text.skip()
-    collector.add_process(header, kept, seen)
+    collector.add_process_rows(header, kept, seen)
 
 
 def _behavior(text: _Text, collector: RowCollector) -> None:
