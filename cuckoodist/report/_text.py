@@ -17,10 +17,19 @@ L{cuckoodist.report.extract._READ_SIZE}); every C call works on a bounded
 piece of it (a few hundred calls, a 64 KiB slice), so the reactor thread
 still gets the GIL every millisecond or so.
 
+A call the pattern does not take (nested more than five deep, or not a
+dict) is stepped over item by item, and a value too long for one slice is
+built or skipped from its parts, so nothing depends on the whole value
+fitting in memory twice.  The one exception is a string that must be kept
+(in C{info}, a signature, a header): it is decoded in one call, as any
+parser would.
+
 This path only has to be right on what it accepts.  Whatever surprises it
-(invalid or truncated JSON, a constant such as C{NaN}, deep nesting, a huge
-value it would have to build) raises L{Fallback}, and the caller starts over
-with the event-based walker, which knows how to word the error.
+(invalid or truncated JSON, bad UTF-8, a constant such as C{NaN}, a byte
+order mark, nesting deeper than L{_MAX_DEPTH} in a long value) raises
+L{Fallback}, and the caller starts over with the event-based walker, which
+gives the rows or words the error.  A valid report therefore costs at most
+one extra pass, and an invalid one is refused by the same code as before.
 """
 
 from __future__ import annotations
