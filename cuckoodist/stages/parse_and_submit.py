@@ -45,26 +45,8 @@ class ParseAndSubmit(Stage):
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
         ids = describe(task.crits, task.task_id)
-        if cfg.cuckoo_cleanup and not cfg.producer_queue:
-            # At-least-once delivery means duplicates: a redelivery after a
-            # lost ack, or a second copy of the task forked in check_results
-            # when it died between publishing and acking.  If an earlier copy
-            # finished the analysis, its cleanup deleted the task; doing the
-            # work again would wait for a report that never comes and end
-            # with the overseer marking a completed analysis as failed.
-            try:
-                await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
-            except TaskNotFound:
-                self.log.warn(
-                    "Task is gone from Cuckoo: a duplicate of a delivery that finished and cleaned it up; dropping it ({ids})",
-                    ids=ids,
-                )
-                # Say so in CRITs too: a duplicate adds a harmless line to a
-                # completed analysis, and a task deleted by hand before it was
-                # parsed leaves the analyst a reason instead of silence.
-                note = f"Cuckoo task {task.task_id} no longer exists; nothing (more) to parse."
-                await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
-                return
+        if cfg.cuckoo_cleanup and not cfg.producer_queue and await self._already_cleaned_up(task, cuckoo, crits, ids):
+            return
         parsers = REPORT_PARSERS.intersection(cfg.enabled_parsers)
         if parsers:
             await self._submit_report(task, cuckoo, crits, parsers, ids)
@@ -82,6 +64,29 @@ class ParseAndSubmit(Stage):
             except CuckoodistError as e:
                 # The results are in CRITs; a leftover task only costs disk.
                 self.log.warn("Could not delete Cuckoo task {ids}: {why}", ids=ids, why=e.reason)
+
+    async def _already_cleaned_up(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str) -> bool:
+        """
+        Whether the task is gone from Cuckoo, so this message is a
+        duplicate of one that finished.
+
+        At-least-once delivery means duplicates: a redelivery after a lost
+        ack, or a second copy of the task forked in check_results when it
+        died between publishing and acking.  If an earlier copy finished
+        the analysis, its cleanup deleted the task; doing the work again
+        would wait for a report that never comes and end with the overseer
+        marking a completed analysis as failed.  CRITs is told too: a
+        duplicate adds a harmless line to a completed analysis, and a task
+        deleted by hand before it was parsed leaves the analyst a reason.
+        """
+        try:
+            await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
+        except TaskNotFound:
+            self.log.warn("Task is gone from Cuckoo: a duplicate of a delivery that finished and cleaned it up; dropping it ({ids})", ids=ids)
+            note = f"Cuckoo task {task.task_id} no longer exists; nothing (more) to parse."
+            await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
+            return True
+        return False
 
     async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str) -> None:
         cfg = self.stage_config
