@@ -179,12 +179,7 @@ def _check(response: Response, url: str, what: str) -> Mapping[str, Any]:
         raise TransientError(f"CRITs {url} answered {response.code} on the {what} API")
     if response.code != 200:
         raise PermanentError(f"CRITs {url} answered {response.code} on the {what} API: {_error_text(response)}")
-    try:
-        doc = response.json()
-    except ValueError:
-        raise TransientError(f"CRITs {url} sent non-JSON from the {what} API") from None
-    if not isinstance(doc, dict):
-        raise TransientError(f"CRITs {url} sent unexpected JSON from the {what} API")
+    doc = response.json_object(f"CRITs {url}", f"from the {what} API")
     if doc.get("return_code", 0) != 0:
         message = str(doc.get("message", "")).strip(", ")[:300]
         raise PermanentError(f"CRITs {what} API refused the request: {message or 'no reason given'}")

@@ -75,7 +75,7 @@ class CuckooClient:
         1.2) free disk space.
         """
         response = await self._call("GET", "/cuckoo/status", max_body=1024 * 1024)
-        return _json_object(response, self.url, "/cuckoo/status")
+        return response.json_object(f"Cuckoo {self.url}", "for /cuckoo/status")
 
     async def submit(self, file_name: str, data: bytes, options: Mapping[str, str]) -> int:
         """
@@ -95,7 +95,7 @@ class CuckooClient:
         )
         if response.code != 200:
             raise PermanentError(f"Cuckoo {self.url} refused the sample ({response.code}){_message(response)}")
-        doc = _json_object(response, self.url, "/tasks/create/file")
+        doc = response.json_object(f"Cuckoo {self.url}", "for /tasks/create/file")
         task_id = doc.get("task_id")
         if isinstance(task_id, list) and task_id:
             task_id = task_id[0]
@@ -115,7 +115,7 @@ class CuckooClient:
             raise TaskNotFound(f"Cuckoo {self.url} has no task {task_id}")
         if response.code != 200:
             raise TransientError(f"Cuckoo {self.url} answered {response.code} for task {task_id}")
-        task = _json_object(response, self.url, "/tasks/view").get("task")
+        task = response.json_object(f"Cuckoo {self.url}", "for /tasks/view").get("task")
         if not isinstance(task, dict):
             raise TransientError(f"Cuckoo {self.url} sent a task view without a task")
         return task
@@ -150,16 +150,6 @@ class CuckooClient:
         response = await self._call("GET", f"/tasks/delete/{task_id}", max_body=1024 * 1024)
         if response.code not in (200, 404):
             raise PermanentError(f"Cuckoo {self.url} refused to delete task {task_id} ({response.code})")
-
-
-def _json_object(response: Response, url: str, path: str) -> dict[str, Any]:
-    try:
-        doc = response.json()
-    except ValueError:
-        raise TransientError(f"Cuckoo {url} sent non-JSON for {path}") from None
-    if not isinstance(doc, dict):
-        raise TransientError(f"Cuckoo {url} sent unexpected JSON for {path}")
-    return doc
 
 
 def _message(response: Response) -> str:

@@ -44,6 +44,23 @@ class Response:
     headers: Mapping[bytes, list[bytes]]
     body: bytes
 
+    def json_object(self, peer: str, context: str) -> dict[str, Any]:
+        """
+        Decode the body as a JSON object, as every API we call answers.
+
+        @param peer: names the peer in the error, e.g. C{"Cuckoo http://c"}.
+        @param context: says which call, e.g. C{"for /cuckoo/status"}.
+        @raise TransientError: the body is not a JSON object (a proxy's
+            error page, a half-written answer), which may pass.
+        """
+        try:
+            doc = self.json()
+        except ValueError:
+            raise TransientError(f"{peer} sent non-JSON {context}") from None
+        if not isinstance(doc, dict):
+            raise TransientError(f"{peer} sent unexpected JSON {context}")
+        return doc
+
     def json(self) -> Any:
         """
         Decode the body as JSON.

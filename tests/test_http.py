@@ -95,3 +95,18 @@ class HTTPBoundsTests(TestCase):
         with self.assertRaises(TransientError) as caught:
             await self.http.request("GET", self.base + "/big")
         self.assertIn("unreachable", caught.exception.reason)
+
+
+class JSONObjectTests(TestCase):
+    def test_json_object(self) -> None:
+        """
+        A body must be a JSON object; anything else is a transient error
+        naming the peer and the call.
+        """
+        from cuckoodist.http import Response
+
+        self.assertEqual(Response(200, {}, b'{"a": 1}').json_object("Cuckoo x", "for /y"), {"a": 1})
+        for body, words in ((b"<html>", "sent non-JSON for /y"), (b"[1]", "sent unexpected JSON for /y")):
+            with self.assertRaises(TransientError) as caught:
+                Response(502, {}, body).json_object("Cuckoo x", "for /y")
+            self.assertEqual(caught.exception.reason, f"Cuckoo x {words}")
