@@ -282,40 +282,53 @@ class _Text:
         Iterate over the keys of the object at L{pos}; the caller must step
         over each value (L{skip}, L{build}) before asking for the next.
         """
-        self.expect("{")
-        if self.skip_ws() == "}":
-            self.pos += 1
-            return
-        while True:
-            if self.skip_ws() != '"':
-                raise Fallback("expected a key")
-            key = self.build()
-            self.expect(":")
-            yield key
-            char = self.skip_ws()
-            self.pos += 1
-            if char == "}":
-                return
-            if char != ",":
-                raise Fallback("expected , or }")
+        if self._opened("{", "}"):
+            while True:
+                if self.skip_ws() != '"':
+                    raise Fallback("expected a key")
+                key = self.build()
+                self.expect(":")
+                yield key
+                if self._closed("}"):
+                    return
 
     def items(self) -> Iterator[str]:
         """
         Iterate over the items of the array at L{pos}, giving the first
         character of each; same contract as L{entries}.
         """
-        self.expect("[")
-        if self.skip_ws() == "]":
+        if self._opened("[", "]"):
+            while True:
+                yield self.skip_ws()
+                if self._closed("]"):
+                    return
+
+    def _opened(self, opener: str, closer: str) -> bool:
+        """
+        Step over a container's opening character, and over its closing one
+        too if it is empty.
+
+        @return: whether members follow.
+        """
+        self.expect(opener)
+        if self.skip_ws() == closer:
             self.pos += 1
-            return
-        while True:
-            yield self.skip_ws()
-            char = self.skip_ws()
-            self.pos += 1
-            if char == "]":
-                return
-            if char != ",":
-                raise Fallback("expected , or ]")
+            return False
+        return True
+
+    def _closed(self, closer: str) -> bool:
+        """
+        Step over what follows a member: a comma, or the closing character.
+
+        @return: whether the container ended.
+        """
+        char = self.skip_ws()
+        self.pos += 1
+        if char == closer:
+            return True
+        if char != ",":
+            raise Fallback(f"expected , or {closer}")
+        return False
 
     def count_dict_items(self) -> tuple[int, bool]:
         """

@@ -18,7 +18,7 @@ on report content.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -133,26 +133,27 @@ def _hex(value: int) -> str:
     return "0x%08x" % (value,)
 
 
-def _return(call: Mapping[str, Any]) -> str:
-    for key in ("return", "return_value"):
+def _text_field(call: Mapping[str, Any], keys: tuple[str, str], render: Callable[[int], str]) -> str:
+    """
+    The first of C{keys} that C{call} has, as text: 1.x writes these fields
+    as strings, 2.0 as integers (rendered with C{render}).
+    """
+    for key in keys:
         value = call.get(key)
         if isinstance(value, str):
             return value
         number = _int(value)
         if number is not None:
-            return _hex(number)
+            return render(number)
     return ""
+
+
+def _return(call: Mapping[str, Any]) -> str:
+    return _text_field(call, ("return", "return_value"), _hex)
 
 
 def _thread_id(call: Mapping[str, Any]) -> str:
-    for key in ("thread_id", "tid"):
-        value = call.get(key)
-        if isinstance(value, str):
-            return value
-        number = _int(value)
-        if number is not None:
-            return str(number)
-    return ""
+    return _text_field(call, ("thread_id", "tid"), str)
 
 
 def _arguments(value: Any) -> list[dict[str, Any]]:
