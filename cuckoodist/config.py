@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, TypeVar, Union
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 import yaml
 
+from cuckoodist.amqp.names import queue_name_problem
 from cuckoodist.errors import ConfigError
 
 __all__ = [
@@ -58,8 +60,6 @@ MAX_FILE_SIZE = 1024 * 1024
 _UINT16_MAX = 65535
 #: C{retry_delay * 2 ** max_retries} must stay a finite float.
 _MAX_RETRIES_LIMIT = 100
-#: AMQP C{shortstr}: queue names are at most 255 bytes.
-_QUEUE_NAME_MAX = 255
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -78,6 +78,15 @@ class AmqpConfig:
     @ivar vhost: already percent-decoded; C{"/"} when the URL has no path.
     @ivar tls: C{True} for C{amqps://}.
     @ivar heartbeat: seconds between AMQP heartbeats, C{0} disables them.
+    @ivar ca_file: PEM file of the CAs to trust (C{cacertfile}); C{None}
+        trusts the system store.
+    @ivar cert_file: PEM client certificate (C{certfile}), or C{None}.
+    @ivar key_file: PEM key of C{cert_file} (C{keyfile}), or C{None}.
+    @ivar verify: C{False} only for C{verify=verify_none}: then neither the
+        certificate chain nor the host name is checked.
+    @ivar server_name: the name sent as SNI and checked against the
+        broker's certificate (C{server_name_indication}); C{None} means
+        C{host}.
     """
 
     url: str = attrs.field(repr=False)
@@ -88,6 +97,11 @@ class AmqpConfig:
     password: str = attrs.field(repr=False)
     tls: bool
     heartbeat: int
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+    server_name: str | None = None
 
 
 @attrs.frozen
@@ -97,12 +111,18 @@ class CritsConfig:
     credentials of their own.
 
     @ivar url: base URL without a trailing slash; the API is below C{/api/v1/}.
+    @ivar allowed_urls: other CRITs base URLs (without trailing slashes)
+        that messages may name.  A message names the CRITs that results go
+        to, and the daemon makes requests there; without a list of known
+        servers a forged message could point it at any host reachable from
+        inside the network (server-side request forgery).
     """
 
     url: str
     username: str
     api_key: str = attrs.field(repr=False)
     verify_ssl: bool = True
+    allowed_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen
@@ -173,6 +193,10 @@ class ParseAndSubmitConfig:
     @ivar max_dropped_bytes: total unpacked bytes of dropped files.
     @ivar crits_max_body: bytes per CRITs request, at most
         L{CRITS_BODY_LIMIT}.
+    @ivar cleanup_delay: seconds between finishing an analysis and deleting
+        its Cuckoo task, held by the broker on C{<consumer_queue>.cleanup}:
+        a duplicate delivery (at-least-once) arriving meanwhile still finds
+        its task, instead of taking a finished analysis for a deleted one.
     """
 
     type: str = "parse_and_submit"
@@ -182,6 +206,7 @@ class ParseAndSubmitConfig:
     prefetch_count: int = 10
     push_api_calls_max: int = 5000
     cuckoo_cleanup: bool = True
+    cleanup_delay: float = 300.0
     enabled_parsers: tuple[str, ...] = attrs.field(default=PARSERS, converter=tuple)
     max_report_size: int = 1024 * 1024 * 1024
     max_dropped_files: int = 500
@@ -194,7 +219,13 @@ class OverseerConfig:
     """
     Settings of the stage that retries failed messages and dumps hopeless ones.
 
-    @ivar retry_delay: seconds; attempt M{n} waits C{retry_delay * 2 ** n}.
+    @ivar retry_delay: seconds; the retry after failure M{n} (counted from
+        1) waits C{retry_delay * 2 ** (n - 1)}, at most a day.
+    @ivar allowed_queues: queues the overseer may re-publish to besides the
+        ones this configuration's stages consume or produce to and the
+        standard stage queues; a failed message naming any other queue is
+        dumped instead, since anyone who can publish a failed message could
+        otherwise make the overseer publish anywhere.
     """
 
     type: str = "overseer"
@@ -203,6 +234,7 @@ class OverseerConfig:
     dump_dir: str
     max_retries: int = 3
     retry_delay: float = 60.0
+    allowed_queues: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
 StageConfig = Union[
@@ -225,6 +257,10 @@ def _url_key(url: str) -> tuple[str, str, int, str] | None:
         return None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.query or parts.fragment or parts.username is not None or "?" in url or "#" in url:
+        # Configured URLs have none of these; a message's URL with any of
+        # them names something else.
         return None
     return (
         scheme,
@@ -278,6 +314,45 @@ class Config:
             if _url_key(cuckoo.url) == wanted:
                 return cuckoo
         return None
+
+    def crits_url_allowed(self, url: str) -> bool:
+        """
+        Whether a CRITs URL taken from a message names a CRITs this fleet
+        knows: the configured C{crits.url} or one of C{crits.allowed_urls}.
+
+        URLs are compared as in L{cuckoo_for_url}: scheme and host case,
+        default ports and trailing slashes do not matter, the scheme and
+        the path do.  Without a C{crits} section no URL is allowed.
+
+        @param url: a URL taken from a message; anything may be in it.
+        """
+        return self.known_crits_url(url) is not None
+
+    def known_crits_url(self, url: str) -> str | None:
+        """
+        The configured CRITs base URL (C{crits.url} or one of
+        C{crits.allowed_urls}) that a URL taken from a message names, so
+        that requests go to the URL as configured, never as the message
+        spelt it.
+        """
+        if self.crits is None:
+            return None
+        wanted = _url_key(url)
+        if wanted is None:
+            return None
+        for known in (self.crits.url,) + self.crits.allowed_urls:
+            if _url_key(known) == wanted:
+                return known
+        return None
+
+    def is_configured_crits(self, url: str) -> bool:
+        """
+        Whether a CRITs URL taken from a message is the configured C{crits.url}
+        itself (compared as in L{crits_url_allowed}), so that the configured
+        credentials and TLS setting may be used for it.
+        """
+        wanted = _url_key(url)
+        return self.crits is not None and wanted is not None and _url_key(self.crits.url) == wanted
 
 
 # Reading values.  Each checker takes the raw value and its path, and returns
@@ -516,18 +591,38 @@ def _parse_amqp(value: Any, path: _Path) -> AmqpConfig:
         if parts.query:
             raise ConfigError("the URL query is malformed", path) from None
         query = {}
+    tls_settings: dict[str, str] = {}
     for name, values in query.items():
-        if name != "heartbeat":
+        if name not in _AMQP_URL_PARAMETERS:
             raise ConfigError(
-                f"unknown URL parameter {name!r}; only heartbeat is supported", path
+                f"unknown URL parameter {name!r}; supported: {', '.join(_AMQP_URL_PARAMETERS)}", path
             )
         if len(values) != 1:
-            raise ConfigError("heartbeat is given more than once", path)
+            raise ConfigError(f"{name} is given more than once", path)
+        if name != "heartbeat":
+            if scheme != "amqps":
+                raise ConfigError(f"{name} needs an amqps:// URL", path)
+            tls_settings[name] = values[0]
+            continue
         if not values[0].isdigit() or not values[0].isascii():
             raise ConfigError("heartbeat must be a whole number of seconds", path)
         heartbeat = int(values[0])
         if heartbeat > _UINT16_MAX:
             raise ConfigError(f"heartbeat must be at most {_UINT16_MAX}", path)
+    verify = tls_settings.get("verify", "verify_peer")
+    if verify not in ("verify_peer", "verify_none"):
+        raise ConfigError("verify must be verify_peer or verify_none", path)
+    for name in ("cacertfile", "certfile", "keyfile"):
+        file = tls_settings.get(name)
+        if file is not None and not (os.path.isfile(file) and os.access(file, os.R_OK)):
+            raise ConfigError(f"{name} is not a readable file", path)
+    if ("certfile" in tls_settings) != ("keyfile" in tls_settings):
+        raise ConfigError("give both certfile and keyfile, or neither", path)
+    server_name = tls_settings.get("server_name_indication")
+    if server_name is not None and (
+        not server_name or not server_name.isascii() or any(c.isspace() or c in "/@?#" for c in server_name)
+    ):
+        raise ConfigError("server_name_indication must be a host name", path)
 
     return AmqpConfig(
         url=url,
@@ -538,7 +633,17 @@ def _parse_amqp(value: Any, path: _Path) -> AmqpConfig:
         password="guest" if parts.password is None else unquote(parts.password),
         tls=scheme == "amqps",
         heartbeat=heartbeat,
+        ca_file=tls_settings.get("cacertfile"),
+        cert_file=tls_settings.get("certfile"),
+        key_file=tls_settings.get("keyfile"),
+        verify=verify == "verify_peer",
+        server_name=server_name,
     )
+
+
+#: The RabbitMQ URI query parameters we understand; all but heartbeat
+#: need amqps.
+_AMQP_URL_PARAMETERS = ("heartbeat", "cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
 
 
 # Sections.
@@ -548,13 +653,23 @@ def _parse_crits(value: Any, path: _Path) -> CritsConfig | None:
     if value is None:
         return None
     doc = _mapping(value, path)
-    _check_keys(doc, path, ("url", "username", "api_key", "verify_ssl"))
+    _check_keys(doc, path, ("url", "username", "api_key", "verify_ssl", "allowed_urls"))
     return CritsConfig(
         url=_take(doc, "url", path, _http_url),
         username=_take(doc, "username", path, _string(empty=False)),
         api_key=_take(doc, "api_key", path, _string(empty=False)),
         verify_ssl=_take(doc, "verify_ssl", path, _boolean, True),
+        allowed_urls=_take(doc, "allowed_urls", path, _http_urls, ()),
     )
+
+
+def _http_urls(value: Any, path: _Path) -> tuple[str, ...]:
+    """
+    A list of http(s) base URLs, each checked like a single one.
+    """
+    if not isinstance(value, list):
+        raise _wrong_type("a list of URLs", value, path)
+    return tuple(_http_url(item, path + (index,)) for index, item in enumerate(value))
 
 
 def _parse_cuckoos(value: Any, path: _Path) -> dict[str, CuckooConfig]:
@@ -588,15 +703,31 @@ def _parse_cuckoos(value: Any, path: _Path) -> dict[str, CuckooConfig]:
 
 
 def _queue(*, empty: bool) -> _Check[str]:
+    """
+    A queue name the broker can take, checked by L{queue_name_problem}
+    (length in UTF-8, lone surrogates, control characters, C{amq.}), so a
+    bad name stops the start instead of failing later in AMQP framing.
+
+    @param empty: allow C{""} (a producer queue meaning "nowhere").
+    """
+
     def check(value: Any, path: _Path) -> str:
         name = _string(empty=empty)(value, path)
-        if len(name.encode("utf-8")) > _QUEUE_NAME_MAX:
-            raise ConfigError(f"a queue name is at most {_QUEUE_NAME_MAX} bytes", path)
-        if name.startswith("amq."):
-            raise ConfigError("queue names starting with 'amq.' are reserved by AMQP", path)
+        problem = queue_name_problem(name) if name else None
+        if problem is not None:
+            raise ConfigError(problem, path)
         return name
 
     return check
+
+
+def _queues(value: Any, path: _Path) -> tuple[str, ...]:
+    """
+    A list of queue names, each checked like a single one.
+    """
+    if not isinstance(value, list):
+        raise _wrong_type("a list of queue names", value, path)
+    return tuple(_queue(empty=False)(item, path + (index,)) for index, item in enumerate(value))
 
 
 def _parsers(value: Any, path: _Path) -> tuple[str, ...]:
@@ -622,6 +753,7 @@ _STAGE_KEYS: dict[str, tuple[str, ...]] = {
     + (
         "push_api_calls_max",
         "cuckoo_cleanup",
+        "cleanup_delay",
         "enabled_parsers",
         "max_report_size",
         "max_dropped_files",
@@ -635,6 +767,7 @@ _STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "dump_dir",
         "max_retries",
         "retry_delay",
+        "allowed_queues",
     ),
 }
 
@@ -659,6 +792,7 @@ _STAGE_CHECKS: dict[str, _Check[Any]] = {
     "analysis_deadline": _seconds(zero=False),
     "push_api_calls_max": _integer(0),
     "cuckoo_cleanup": _boolean,
+    "cleanup_delay": _seconds(zero=True),
     "enabled_parsers": _parsers,
     "max_report_size": _integer(1),
     "max_dropped_files": _integer(0),
@@ -667,6 +801,7 @@ _STAGE_CHECKS: dict[str, _Check[Any]] = {
     "dump_dir": _path_string(empty=False),
     "max_retries": _integer(0, _MAX_RETRIES_LIMIT),
     "retry_delay": _seconds(zero=False),
+    "allowed_queues": lambda value, path: _queues(value, path),
 }
 
 
@@ -707,7 +842,23 @@ def _parse_stage(value: Any, path: _Path, cuckoos: Mapping[str, CuckooConfig]) -
             raise ConfigError(
                 "must differ from consumer_queue, or messages would loop", path + (key,)
             )
+    if values.get("cuckoo_cleanup") and not values.get("producer_queue"):
+        problem = queue_name_problem(cleanup_queue(consumer))
+        if problem is not None:
+            raise ConfigError(
+                f"with cuckoo_cleanup the stage also consumes '<consumer_queue>.cleanup': {problem}",
+                path + ("consumer_queue",),
+            )
     return cls(**values)
+
+
+def cleanup_queue(consumer_queue: str) -> str:
+    """
+    The queue on which a parse_and_submit stage holds the deletion of its
+    finished Cuckoo tasks.  Its own queue, not the stage's: Go workers
+    sharing C{consumer_queue} would take a clean-up for a new task.
+    """
+    return f"{consumer_queue}.cleanup"
 
 
 _TOP_KEYS = (

@@ -6,6 +6,12 @@ A dump file must survive a crash at any instant and must not leak what it
 holds (API keys, samples), so each is written to a private temporary file,
 fsynced, made mode 0600, renamed into place and the directory fsynced.  A
 reader never sees half a file.  C{cuckoodist resubmit} reads them back.
+
+A dump must be writable whatever the message said, since it is the last
+place a message can go.  So the file name is ours (a time, a label reduced
+to a few safe characters, a random part), never a message's text, and the
+JSON is written as ASCII, so even a string no codec accepts (a lone
+surrogate) is stored, as its escape.
 """
 
 import json
@@ -57,6 +63,14 @@ class DumpRecord:
         return cls(**fields)
 
 
+def _label(text: str, limit: int) -> str:
+    """
+    A piece of a file name made from message text: only letters, digits,
+    C{_} and C{-}, never empty.
+    """
+    return re.sub(r"[^A-Za-z0-9_-]", "", text)[:limit] or "unknown"
+
+
 class DumpStore:
     """
     A directory of dump files.
@@ -74,9 +88,8 @@ class DumpStore:
         @return: the file's path.
         """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        label = re.sub(r"[^A-Za-z0-9_-]", "", record.analysis_id)[:64] or "unknown"
-        name = f"{int(record.dumped_at)}-{record.stage}-{label}-{uuid.uuid4().hex[:12]}.json"
-        data = json.dumps(record.to_json(), indent=1, ensure_ascii=False).encode("utf-8")
+        name = f"{int(record.dumped_at)}-{_label(record.stage, 32)}-{_label(record.analysis_id, 64)}-{uuid.uuid4().hex[:12]}.json"
+        data = json.dumps(record.to_json(), indent=1).encode("ascii")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
         try:
             os.fchmod(fd, 0o600)
@@ -112,5 +125,5 @@ class DumpStore:
             try:
                 with open(path, "rb") as fp:
                     yield path, DumpRecord.from_json(json.loads(fp.read(64 * 1024 * 1024 + 1))), ""
-            except (OSError, ValueError) as e:
-                yield path, None, str(e)
+            except (OSError, ValueError, RecursionError) as e:
+                yield path, None, str(e) if not isinstance(e, RecursionError) else "nested too deeply to read"

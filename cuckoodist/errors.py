@@ -23,7 +23,13 @@ class CuckoodistError(Exception):
 
     @ivar reason: a short human-readable reason, safe to log and to show in
         CRITs (it never contains credentials).
+    @ivar resume: the message to retry instead of the one received, set by
+        a stage that got part of the way and must not repeat that part (the
+        CRITs API cannot deduplicate results); C{None} to retry the message
+        as received.
     """
+
+    resume: bytes | None = None
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -6,8 +6,9 @@ treq's C{timeout=} only covers the wait for response headers; a peer that
 trickles its body would hold a call forever.  L{HTTPClient.request} puts one
 deadline on the whole call, body included, and reads bodies either into
 memory up to a cap or straight into a file up to a cap.  Transport failures
-(refused, reset, DNS, timeout) become L{TransientError}; deciding what a
-status code means is left to the caller, who knows the API.
+(refused, reset, DNS, timeout) become L{TransientError}; a redirect is a
+L{PermanentError}, since an API call never follows one; deciding what any
+other status code means is left to the caller, who knows the API.
 """
 
 import json
@@ -17,6 +18,7 @@ import attrs
 import treq
 from treq.client import HTTPClient as TreqClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.internet.ssl import CertificateOptions
@@ -24,12 +26,21 @@ from zope.interface import implementer
 
 from cuckoodist.errors import PermanentError, TransientError
 
-__all__ = ["HTTPClient", "Response", "BodyTooLarge"]
+__all__ = ["HTTPClient", "Response", "BodyTooLarge", "NotSent"]
 
 
 class BodyTooLarge(PermanentError):
     """
     A response body exceeded the limit the caller set.
+    """
+
+
+class NotSent(TransientError):
+    """
+    The request provably never reached the peer: no connection could be
+    made (refused, unknown host, connect timeout).  Unlike a timeout or a
+    5xx, it is safe to repeat a request that must not be made twice, such
+    as an upload.
     """
 
 
@@ -170,7 +181,16 @@ class HTTPClient:
                 data=data,
                 files=files,
                 unbuffered=True,
+                # API calls never follow redirects: a peer's 3xx could turn
+                # an upload into a GET elsewhere, or point us at any host.
+                allow_redirects=False,
             )
+            if 300 <= response.code < 400:
+                _drop(response)
+                raise PermanentError(
+                    f"{what or 'peer'} answered {response.code} (a redirect) to {method} {_path(url)}; "
+                    "API calls do not follow redirects: configure the URL it points to"
+                )
             length = response.length
             if isinstance(length, int) and length > max_body:
                 # Refusing the first chunk makes treq drop the connection.
@@ -192,6 +212,8 @@ class HTTPClient:
             raise
         except (TimeoutError, CancelledError):
             raise TransientError(f"{what or 'peer'} did not answer {method} {_path(url)} within {seconds:g} s") from None
+        except (ConnectError, DNSLookupError) as e:
+            raise NotSent(f"{what or 'peer'} unreachable for {method} {_path(url)}: {_describe(e)}") from None
         except Exception as e:
             raise TransientError(f"{what or 'peer'} unreachable for {method} {_path(url)}: {_describe(e)}") from None
 

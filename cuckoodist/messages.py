@@ -15,14 +15,22 @@ ignores unknown ones):
     C{"TaskId"} on failed messages.
 
 Everything here is pure: bytes in, value objects out, and back.  Decoding
-raises L{InvalidMessage} with a reason that names the offending field.
+raises L{InvalidMessage} with a reason that names the offending field, and
+nothing else, whatever the bytes: anyone who can publish to a queue can send
+them.  So sizes, nesting, number ranges and encodability are all checked
+here, once, and every string a stage uses is one that can be encoded again,
+framed and logged.  Encoding escapes everything outside ASCII, so whatever
+a message carried in fields we pass through untouched (a lone surrogate
+included) can always be written out again.
 """
 
 import base64
 import binascii
 import json
+import math
 import os
 import re
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import attrs
@@ -35,9 +43,31 @@ __all__ = [
     "AnalysisRequest",
     "TaskMessage",
     "FailedMessage",
+    "Peek",
     "decode_json",
     "crits_data_of",
+    "peek",
+    "with_retry",
+    "MAX_TASK_MESSAGE_BYTES",
 ]
+
+#: A task message is a few hundred bytes; anything far larger is not one.
+MAX_TASK_MESSAGE_BYTES = 1024 * 1024
+#: Identifiers appear in every log line about a sample: CRITs uses UUIDs and
+#: ObjectIds, so 128 characters is generous and keeps log lines short.
+_MAX_ID = 128
+#: Everything else we read: URLs, user names, keys, sources, option values.
+_MAX_TEXT = 64 * 1024
+#: How many Cuckoo options a request may carry.
+_MAX_OPTIONS = 100
+#: Sample names are cut to 200 characters anyway; refuse absurd ones outright.
+_MAX_NAME = 4096
+#: Cuckoo task ids are database integers; JSON readers agree up to 2**53.
+_MAX_TASK_ID = 2**53
+#: Times are epoch seconds; this is the year 5138, far past any real one.
+_MAX_EPOCH = 1e11
+#: Far more attempts than any configured max_retries (at most 100).
+_MAX_ATTEMPTS = 1_000_000
 
 
 @attrs.frozen
@@ -61,7 +91,7 @@ class CritsData:
         doc = _mapping(value, where)
         fields = {}
         for name in ("analysis_id", "object_type", "object_id"):
-            fields[name] = _string(doc.get(name), f"{where}.{name}", required=True)
+            fields[name] = _string(doc.get(name), f"{where}.{name}", required=True, limit=_MAX_ID, printable=True)
         for name in ("crits_url", "username", "api_key", "md5", "source"):
             fields[name] = _string(doc.get(name, ""), f"{where}.{name}")
         return cls(**fields)
@@ -93,12 +123,18 @@ class RetryInfo:
         raw = doc.get("Retry")
         if not isinstance(raw, Mapping):
             return cls()
-        attempts = raw.get("attempts", 0)
-        first = raw.get("first_failure")
         return cls(
-            attempts=attempts if isinstance(attempts, int) and attempts >= 0 else 0,
-            first_failure=float(first) if isinstance(first, (int, float)) else None,
+            attempts=_count(raw.get("attempts"), 0),
+            first_failure=_epoch(raw.get("first_failure")),
         )
+
+    def add_to(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """
+        Set C{doc}'s C{Retry} field, unless there is nothing to count yet.
+        """
+        if self != RetryInfo():
+            doc["Retry"] = {"attempts": self.attempts, "first_failure": self.first_failure}
+        return doc
 
 
 @attrs.frozen
@@ -119,14 +155,20 @@ class AnalysisRequest:
     def decode(cls, body: bytes) -> "AnalysisRequest":
         doc = decode_json(body)
         payload = _mapping(doc.get("payload", {}) if doc.get("payload") is not None else {}, "payload")
+        if len(payload) > _MAX_OPTIONS:
+            raise InvalidMessage(f"payload has {len(payload)} options, at most {_MAX_OPTIONS} are allowed")
         options = {}
         for key, value in payload.items():
+            key = _string(key, "a payload option name", required=True, limit=_MAX_ID, printable=True)
+            where = f"payload.{key}"
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise InvalidMessage(f"payload.{key} must be a string, got {_kind(value)}")
-            options[key] = str(value)
+                raise InvalidMessage(f"{where} must be a string, got {_kind(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidMessage(f"{where} must be a finite number")
+            options[key] = _string(value, where) if isinstance(value, str) else _number_text(value, where)
         file = _mapping(doc.get("file"), "file")
-        name = _string(file.get("name"), "file.name", required=True)
-        encoded = _string(file.get("data"), "file.data", required=True)
+        name = _string(file.get("name"), "file.name", required=True, limit=_MAX_NAME)
+        encoded = _string(file.get("data"), "file.data", required=True, limit=None)
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -143,11 +185,11 @@ class AnalysisRequest:
 
     def encode(self) -> bytes:
         return _dump(
-            {
+            self.retry.add_to({
                 "payload": dict(self.payload),
                 "file": {"name": self.file_name, "data": base64.b64encode(self.file_data).decode("ascii")},
                 "crits_data": self.crits.to_json(),
-            }
+            })
         )
 
 
@@ -158,6 +200,9 @@ class TaskMessage:
 
     @ivar submitted_at: epoch seconds when feed_cuckoo created the task.
     @ivar deadline: epoch seconds after which check_results gives up.
+    @ivar progress: what the stage that failed on this message had already
+        done (counts by step name), so that its retry does not post the
+        same results to CRITs again.
     """
 
     task_id: int
@@ -166,23 +211,25 @@ class TaskMessage:
     submitted_at: float | None = None
     deadline: float | None = None
     retry: RetryInfo = RetryInfo()
+    progress: Mapping[str, int] = attrs.field(factory=dict, converter=lambda p: MappingProxyType(dict(p)))
 
     @classmethod
     def decode(cls, body: bytes) -> "TaskMessage":
-        doc = decode_json(body)
-        task_id = doc.get("TaskId")
-        if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id <= 0:
-            raise InvalidMessage("TaskId must be a positive integer")
-        url = _string(doc.get("CuckooURL"), "CuckooURL", required=True)
+        doc = decode_json(body, MAX_TASK_MESSAGE_BYTES)
+        task_id = _task_id(doc.get("TaskId"))
+        if task_id is None:
+            raise InvalidMessage(f"TaskId must be a positive integer below {_MAX_TASK_ID}")
+        url = _string(doc.get("CuckooURL"), "CuckooURL", required=True, limit=2048)
         if not re.match(r"^https?://[^/\s]+", url):
             raise InvalidMessage("CuckooURL must be an http(s) URL")
         return cls(
             task_id=task_id,
             cuckoo_url=url.rstrip("/"),
             crits=CritsData.from_json(doc.get("CritsData"), "CritsData"),
-            submitted_at=_optional_number(doc.get("SubmittedAt"), "SubmittedAt"),
-            deadline=_optional_number(doc.get("Deadline"), "Deadline"),
+            submitted_at=_optional_epoch(doc.get("SubmittedAt"), "SubmittedAt"),
+            deadline=_optional_epoch(doc.get("Deadline"), "Deadline"),
             retry=RetryInfo.from_doc(doc),
+            progress=_progress(doc.get("Progress")),
         )
 
     def encode(self) -> bytes:
@@ -195,7 +242,18 @@ class TaskMessage:
             doc["SubmittedAt"] = self.submitted_at
         if self.deadline is not None:
             doc["Deadline"] = self.deadline
-        return _dump(doc)
+        if self.progress:
+            doc["Progress"] = dict(self.progress)
+        return _dump(self.retry.add_to(doc))
+
+    def for_next_stage(self) -> "TaskMessage":
+        """
+        The message as the next stage receives it.  Retry counts are per
+        stage: failures this stage had (and got past) do not use up the
+        next stage's retries.  A poll re-published to the same stage keeps
+        its count.
+        """
+        return attrs.evolve(self, retry=RetryInfo(), progress={})
 
 
 @attrs.frozen
@@ -206,14 +264,17 @@ class FailedMessage:
     @ivar queue: where to re-publish C{msg} (the delivery's routing key).
     @ivar msg: the original message body, as text.
     @ivar final: the stage knows retrying cannot help.
+    @ivar attempts: how many times the message has failed, counting this
+        time; C{None} when the envelope does not say (the Go workers'
+        envelopes never do).
     """
 
     service: str
     queue: str
     error: str
     desc: str
-    msg: str
-    attempts: int = 1
+    msg: str = attrs.field(repr=False)
+    attempts: int | None = 1
     first_failure: float | None = None
     final: bool = False
     analysis_id: str = ""
@@ -222,21 +283,23 @@ class FailedMessage:
     @classmethod
     def decode(cls, body: bytes) -> "FailedMessage":
         doc = decode_json(body)
-        service = _string(doc.get("Service"), "Service", required=True)
-        queue = _string(doc.get("Queue"), "Queue", required=True)
-        attempts = doc.get("Attempts", 1)
-        task_id = doc.get("TaskId")
+        # Service and Queue name where a message came from: shown in logs
+        # and dump files, so Service is cut to a printable label, and Queue
+        # is checked by whoever would publish to it.
+        service = _loggable_id(_string(doc.get("Service"), "Service", required=True, limit=None)) or "unknown"
+        queue = _string(doc.get("Queue"), "Queue", required=True, limit=_MAX_ID * 4)
+        attempts = _count(doc.get("Attempts"), None)
         return cls(
             service=service,
             queue=queue,
-            error=_string(doc.get("Error", ""), "Error"),
-            desc=_string(doc.get("Desc", ""), "Desc"),
-            msg=_string(doc.get("Msg", ""), "Msg"),
-            attempts=attempts if isinstance(attempts, int) and attempts >= 1 else 1,
-            first_failure=_optional_number(doc.get("FirstFailure"), "FirstFailure"),
+            error=_clip(_string(doc.get("Error", ""), "Error", limit=None)),
+            desc=_clip(_string(doc.get("Desc", ""), "Desc", limit=None)),
+            msg=_string(doc.get("Msg", ""), "Msg", limit=None),
+            attempts=attempts if attempts is None or attempts >= 1 else 1,
+            first_failure=_epoch(doc.get("FirstFailure")),
             final=doc.get("Final") is True,
-            analysis_id=doc.get("AnalysisId") if isinstance(doc.get("AnalysisId"), str) else "",
-            task_id=task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None,
+            analysis_id=_loggable_id(doc.get("AnalysisId")),
+            task_id=_task_id(doc.get("TaskId")),
         )
 
     def encode(self) -> bytes:
@@ -246,7 +309,7 @@ class FailedMessage:
             "Error": self.error,
             "Desc": self.desc,
             "Msg": self.msg,
-            "Attempts": self.attempts,
+            "Attempts": self.attempts if self.attempts is not None else 1,
             "Final": self.final,
             "AnalysisId": self.analysis_id,
         }
@@ -257,38 +320,90 @@ class FailedMessage:
         return _dump(doc)
 
 
-def with_retry(body: bytes, retry: RetryInfo) -> bytes:
+def with_retry(doc: Mapping[str, Any], retry: RetryInfo) -> bytes:
     """
-    Return C{body} with its C{Retry} field set; other fields are kept as
-    they are, unknown ones included.
-
-    @raise InvalidMessage: if C{body} is not a JSON object.
+    Encode the decoded message C{doc} with its C{Retry} field set; other
+    fields are kept as they are, unknown ones included.
     """
-    doc = decode_json(body)
-    doc["Retry"] = {"attempts": retry.attempts, "first_failure": retry.first_failure}
-    return _dump(doc)
+    return _dump(retry.add_to(dict(doc)))
 
 
-def crits_data_of(body: bytes) -> CritsData | None:
+def crits_data_of(doc: Mapping[str, Any]) -> CritsData | None:
     """
-    Find the CRITs context in any pipeline message, if it has a valid one.
+    Find the CRITs context in any pipeline message, if it has a valid one:
+    C{crits_data} in a request, C{CritsData} in a task message.
     """
+    raw = doc.get("crits_data", doc.get("CritsData"))
+    if raw is None:
+        return None
     try:
-        doc = decode_json(body)
-        raw = doc.get("crits_data", doc.get("CritsData"))
-        return CritsData.from_json(raw, "crits_data") if raw is not None else None
+        return CritsData.from_json(raw, "crits_data")
     except InvalidMessage:
         return None
 
 
-def decode_json(body: bytes) -> dict[str, Any]:
+@attrs.frozen
+class Peek:
     """
-    Parse a message body that must be a JSON object.
+    What can be told about a message that may not decode at all: enough to
+    name it in a log line and to count its retries.
+
+    @ivar doc: the decoded JSON object, or C{None} if the body is not one.
+    @ivar analysis_id: the CRITs analysis id, cut to a loggable length;
+        C{""} when the message has none that is usable.
+    @ivar problem: why C{doc} is C{None}.
+    """
+
+    doc: Mapping[str, Any] | None = attrs.field(repr=False)
+    analysis_id: str = ""
+    task_id: int | None = None
+    retry: RetryInfo = RetryInfo()
+    problem: str = ""
+
+    @property
+    def crits(self) -> CritsData | None:
+        """
+        The message's CRITs context, if it has a valid one.
+        """
+        return crits_data_of(self.doc) if self.doc is not None else None
+
+
+def peek(body: bytes, max_size: int | None = None) -> Peek:
+    """
+    Read what can be read of any pipeline message, never raising: this is
+    what failure handling uses, when the message itself may be the problem.
     """
     try:
-        doc = json.loads(body)
+        doc = decode_json(body, max_size)
+    except InvalidMessage as e:
+        return Peek(doc=None, problem=e.reason)
+    crits = doc.get("crits_data", doc.get("CritsData"))
+    return Peek(
+        doc=doc,
+        analysis_id=_loggable_id(crits.get("analysis_id")) if isinstance(crits, dict) else "",
+        task_id=_task_id(doc.get("TaskId")),
+        retry=RetryInfo.from_doc(doc),
+    )
+
+
+def decode_json(body: bytes, max_size: int | None = None) -> dict[str, Any]:
+    """
+    Parse a message body that must be a JSON object.
+
+    C{NaN} and C{Infinity} are refused (they are not JSON, and Go's decoder
+    refuses them too), and so is nesting deeper than the parser's
+    recursion limit.
+
+    @param max_size: refuse bodies longer than this many bytes.
+    """
+    if max_size is not None and len(body) > max_size:
+        raise InvalidMessage(f"message is {len(body)} bytes, more than the {max_size} allowed for its kind")
+    try:
+        doc = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidMessage("message is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidMessage(f"message is not valid JSON: {e}") from None
+        raise InvalidMessage(f"message is not valid JSON: {_clip(str(e), 200)}") from None
     if not isinstance(doc, dict):
         raise InvalidMessage(f"message must be a JSON object, got {_kind(doc)}")
     return doc
@@ -308,7 +423,13 @@ def safe_file_name(name: str) -> str:
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # ASCII output: a lone surrogate in a field we pass through untouched
+    # stays a valid escape instead of making the message unencodable.
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
@@ -317,22 +438,106 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _string(value: object, where: str, required: bool = False) -> str:
+def _string(value: object, where: str, required: bool = False, limit: int | None = _MAX_TEXT, printable: bool = False) -> str:
+    """
+    A string field: of the right type, within C{limit} characters, and
+    encodable as UTF-8 (JSON escapes can spell lone surrogates, which
+    nothing downstream could send or log).  Reasons never quote the value.
+
+    @param printable: refuse control characters too, for values that
+        appear in log lines and reasons (ids, option names), where a
+        newline would forge a log line.
+    """
     if value is None and not required:
         return ""
     if not isinstance(value, str):
         raise InvalidMessage(f"{where} must be a string, got {_kind(value)}")
+    if limit is not None and len(value) > limit:
+        raise InvalidMessage(f"{where} is {len(value)} characters long, at most {limit} are allowed")
     if required and not value.strip():
         raise InvalidMessage(f"{where} is missing or empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(f"{where} is not valid Unicode (it holds a lone surrogate)") from None
+    if printable and not value.isprintable():
+        raise InvalidMessage(f"{where} holds control characters")
     return value
 
 
-def _optional_number(value: object, where: str) -> float | None:
+def _number_text(value: int | float, where: str) -> str:
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidMessage(f"{where} is out of range")
+    return str(value)
+
+
+def _optional_epoch(value: object, where: str) -> float | None:
     if value is None:
         return None
+    epoch = _epoch(value)
+    if epoch is None:
+        raise InvalidMessage(f"{where} must be a time in epoch seconds, got {_kind(value)}")
+    return epoch
+
+
+def _epoch(value: object) -> float | None:
+    """
+    Epoch seconds, or C{None} for anything that is not a plausible time:
+    a 400-digit integer would overflow C{float}.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidMessage(f"{where} must be a number, got {_kind(value)}")
+        return None
+    if not 0 <= value <= _MAX_EPOCH:
+        return None
     return float(value)
+
+
+def _count(value: object, default: int | None) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ATTEMPTS:
+        return default
+    return value
+
+
+def _progress(value: object) -> dict[str, int]:
+    """
+    A stage's own progress record, read leniently: anything malformed
+    means only that the stage starts from the beginning again.
+    """
+    if not isinstance(value, dict) or len(value) > 16:
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and len(k) <= 32 and _count(v, None) is not None}
+
+
+def _task_id(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _MAX_TASK_ID:
+        return None
+    return value
+
+
+def _loggable_id(value: object) -> str:
+    """
+    An identifier fit for a log line, or C{""}: printable, encodable and
+    short, whatever the message said.
+    """
+    if not isinstance(value, str):
+        return ""
+    text = "".join(c for c in value[:_MAX_ID] if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF)
+    return text + ("..." if len(value) > _MAX_ID else "")
+
+
+_CUT = " [cut]"
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    """
+    Cut free text (an error from another worker) to a length a log line
+    and a CRITs log entry can carry, and make it encodable.
+    """
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    # The result is at most C{limit} characters long, so clipping it again
+    # changes nothing: a message decoded, encoded and decoded again reads
+    # the same.
+    return text if len(text) <= limit else text[: limit - len(_CUT)] + _CUT
 
 
 def _kind(value: object) -> str:

@@ -32,18 +32,22 @@ async def retrying(
     attempts: int = 4,
     base_delay: float = 1.0,
     max_delay: float = 15.0,
+    retry_on: type[TransientError] | tuple[type[TransientError], ...] = TransientError,
 ) -> T:
     """
     Run C{step} until it succeeds, retrying L{TransientError}s up to
     C{attempts} times in all, waiting C{base_delay} * 2**n seconds between.
 
     @param what: names the step (with the analysis and task ids) in logs.
+    @param retry_on: the transient errors worth retrying here; a step that
+        must not run twice narrows it to L{cuckoodist.http.NotSent}, and
+        its other transient errors then fail at once.
     @raise TransientError: the last transient failure, once attempts run out.
     """
     for attempt in range(1, attempts + 1):
         try:
             return await step()
-        except TransientError as e:
+        except retry_on as e:
             if attempt == attempts:
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1))

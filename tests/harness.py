@@ -77,7 +77,7 @@ def config_doc(peers: Peers, p: str, dump_dir: str, stages: list[str] | None = N
         },
         "parse_and_submit": {
             "type": "parse_and_submit", "consumer_queue": queues["parse"], "producer_queue": "",
-            "failed_queue": queues["failed"], "prefetch_count": 8, "cuckoo_cleanup": True,
+            "failed_queue": queues["failed"], "prefetch_count": 8, "cuckoo_cleanup": True, "cleanup_delay": 0.5,
         },
         "overseer": {
             "type": "overseer", "consumer_queue": queues["failed"], "dump_dir": dump_dir,
@@ -179,8 +179,11 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, i
 
 async def delete_queues(amqp: Any, names: list[str]) -> None:
     """
-    Remove a test's queues from the broker.
+    Remove a test's queues from the broker, and the clean-up queue that
+    goes with each (deleting a queue that does not exist is no error).
     """
+    from cuckoodist.config import cleanup_queue
+
     connection = AMQPConnectionService(reactor, amqp)
     connection.startService()
     try:
@@ -188,6 +191,8 @@ async def delete_queues(amqp: Any, names: list[str]) -> None:
         channel = await client.open_channel()
         for name in names:
             await channel.queue_delete(queue=name)
+            if not name.endswith(".cleanup"):
+                await channel.queue_delete(queue=cleanup_queue(name))
     finally:
         await connection.stopService()
 

@@ -81,3 +81,88 @@ class DescribeCloseTests(SynchronousTestCase):
         for reason in (message, ChannelClosed(message), Failure(ChannelClosed(message))):
             self.assertEqual(describe_close(reason), expected)
         self.assertEqual(describe_close(ValueError()), "ValueError")
+
+
+class EncodingTests(SynchronousTestCase):
+    """
+    Outgoing frames count string lengths in UTF-8 bytes and refuse what
+    cannot be framed, naming the field but not quoting the value.
+    """
+
+    def setUp(self) -> None:
+        self.spec = load_amqp_spec()
+        self.declare = self.spec.classes.byname["queue"].methods.byname["declare"]
+
+    def frame(self, *args: object) -> bytes:
+        from txamqp.connection import Frame, Method
+
+        from cuckoodist.amqp.wire import pack_frame
+
+        return pack_frame(self.spec, Frame(1, Method(self.declare, *args)), 206)
+
+    def test_ascii_frames_match_txamqp(self) -> None:
+        """
+        For what txAMQP encodes correctly, the bytes are the same.
+        """
+        from io import BytesIO
+
+        from txamqp.codec import Codec
+        from txamqp.connection import Frame, Method
+
+        args = (0, "work/queue", False, True, False, False, False, {"x-dead-letter-exchange": "dlx"})
+        out = BytesIO()
+        codec = Codec(out)
+        codec.encode_octet(1)
+        codec.encode_short(1)
+        Method(self.declare, *args).encode(codec)
+        codec.encode_octet(206)
+        self.assertEqual(self.frame(*args), out.getvalue())
+
+    def test_utf8_length(self) -> None:
+        """
+        A non-ASCII queue name is framed with its length in bytes.
+        """
+        name = "queue-\u00e9\u4e2d"
+        data = self.frame(0, name, False, True, False, False, False, {})
+        encoded = name.encode("utf-8")
+        self.assertIn(bytes([len(encoded)]) + encoded, data)
+
+    def test_too_long_refused(self) -> None:
+        """
+        A 256-byte shortstr (here 128 two-byte characters) is refused with
+        a reason naming the method and field, without the value.
+        """
+        from cuckoodist.amqp.wire import UnframeableValue
+
+        name = "\u00e9" * 128
+        e = self.assertRaises(UnframeableValue, self.frame, 0, name, False, True, False, False, False, {})
+        self.assertIn("queue.declare field 'queue'", str(e))
+        self.assertIn("this one is 256", str(e))
+        self.assertNotIn("\u00e9", str(e))
+        self.frame(0, "\u00e9" * 127, False, True, False, False, False, {})
+
+    def test_surrogate_and_table_values_refused(self) -> None:
+        """
+        A lone surrogate and a table value of an unsupported type are
+        refused as L{UnframeableValue}, not as a codec crash.
+        """
+        from cuckoodist.amqp.wire import UnframeableValue
+
+        self.assertRaises(UnframeableValue, self.frame, 0, "q\udc80", False, True, False, False, False, {})
+        self.assertRaises(UnframeableValue, self.frame, 0, "q", False, True, False, False, False, {"x": object()})
+        self.assertRaises(UnframeableValue, self.frame, 0, "q", False, True, False, False, False, {"x": 2**70})
+
+    def test_table_types(self) -> None:
+        """
+        Tables carry booleans, 64-bit integers, nested tables and arrays,
+        and decode back to the same values.
+        """
+        from io import BytesIO
+
+        from cuckoodist.amqp.wire import WireCodec
+
+        table = {"b": True, "big": 2**40, "neg": -5, "s": "\u00e9", "t": {"k": 1}, "a": [1, "x"], "n": None}
+        out = WireCodec(BytesIO())
+        out.encode_table(table)
+        decoded = WireCodec(BytesIO(out.stream.getvalue())).decode_table()
+        self.assertEqual(decoded, table)

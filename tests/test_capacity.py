@@ -1,11 +1,12 @@
 """
-feed_cuckoo's throttle: room by pending tasks and free disk, and waiting
-without blocking or busy polling.
+feed_cuckoo's throttle: room by pending tasks and free disk, answered from
+one status probe per interval, and watching for room without busy polling.
 """
 
 import json
 import os
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,6 +33,8 @@ class StatusSource:
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if isinstance(reply, Exception):
             raise reply
+        if isinstance(reply, Deferred):
+            return await reply
         return reply
 
 
@@ -71,47 +74,97 @@ class RoomTests(SynchronousTestCase):
 class GateTests(SynchronousTestCase):
     def test_room_now(self) -> None:
         """
-        With room, an upload goes at once and nothing is scheduled.
+        With room, an upload is admitted at once and nothing is scheduled.
         """
         clock = Clock()
         gate = CapacityGate(StatusSource([status(0)]), clock, 5, None, 10)
-        self.successResultOf(_ensure(gate.wait_for_room()))
+        self.assertTrue(self.successResultOf(_ensure(gate.admit())))
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_waits_until_room(self) -> None:
+    def test_one_probe_per_interval(self) -> None:
         """
-        While Cuckoo is full the upload waits; the status is probed once per
-        interval, not more, and the loop stops once the waiter is released.
+        One status answer admits as many uploads as it leaves room for,
+        counted down locally; the next upload is refused without asking
+        again, and Cuckoo is asked again only once the answer is
+        C{interval} old.
         """
         clock = Clock()
-        source = StatusSource([status(5), status(5), TransientError("down"), status(4)])
+        source = StatusSource([status(2)])
         gate = CapacityGate(source, clock, 5, None, 10)
-        d = _ensure(gate.wait_for_room())
-        self.assertNoResult(d)
+        answers = [self.successResultOf(_ensure(gate.admit())) for _ in range(4)]
+        self.assertEqual(answers, [True, True, True, False])
+        self.assertEqual(source.calls, 1)
+        clock.advance(9.9)
+        self.assertFalse(self.successResultOf(_ensure(gate.admit())))
+        self.assertEqual(source.calls, 1)
+        clock.advance(0.1)
+        self.assertTrue(self.successResultOf(_ensure(gate.admit())))
+        self.assertEqual(source.calls, 2)
+
+    def test_concurrent_admissions_share_a_probe(self) -> None:
+        """
+        Uploads that arrive while a probe is under way wait for its answer
+        instead of asking again, and share the room it reports.
+        """
+        clock = Clock()
+        reply = Deferred()
+        source = StatusSource([reply])
+        gate = CapacityGate(source, clock, 5, None, 10)
+        admissions = [_ensure(gate.admit()) for _ in range(3)]
+        for d in admissions:
+            self.assertNoResult(d)
+        reply.callback(status(3))
+        self.assertEqual([self.successResultOf(d) for d in admissions], [True, True, False])
+        self.assertEqual(source.calls, 1)
+
+    def test_unreachable_counts_as_full(self) -> None:
+        """
+        A Cuckoo whose status cannot be read takes no uploads, and is not
+        asked again before the interval is up.
+        """
+        clock = Clock()
+        source = StatusSource([TransientError("down"), status(0)])
+        gate = CapacityGate(source, clock, 5, None, 10)
+        self.assertFalse(self.successResultOf(_ensure(gate.admit())))
+        self.assertFalse(self.successResultOf(_ensure(gate.admit())))
+        self.assertEqual(source.calls, 1)
         clock.advance(10)
+        self.assertTrue(self.successResultOf(_ensure(gate.admit())))
+
+    def test_when_room(self) -> None:
+        """
+        While Cuckoo is full, its status is probed once per interval, not
+        more; the watcher fires on the first probe that finds room, and the
+        loop then stops.
+        """
+        clock = Clock()
+        source = StatusSource([status(5), status(5), status(5), TransientError("down"), status(4)])
+        gate = CapacityGate(source, clock, 5, None, 10)
+        self.assertFalse(self.successResultOf(_ensure(gate.admit())))
+        d = gate.when_room()
         self.assertNoResult(d)
-        clock.advance(10)
-        self.assertNoResult(d)
-        self.assertEqual(source.calls, 3)
+        for calls in (2, 3, 4):
+            clock.advance(10)
+            self.assertNoResult(d)
+            self.assertEqual(source.calls, calls)
         clock.advance(10)
         self.successResultOf(d)
-        self.assertEqual(source.calls, 4)
+        self.assertEqual(source.calls, 5)
         self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertTrue(self.successResultOf(_ensure(gate.admit())))
+        self.assertEqual(source.calls, 5)
 
-    def test_stop_cancels_waiters(self) -> None:
+    def test_stop_cancels_watchers(self) -> None:
         """
-        Stopping the gate cancels waiting uploads (their deliveries stay
-        unacked) and the probe loop.
+        Stopping the gate cancels what waits for room, and the probe loop.
         """
         clock = Clock()
         gate = CapacityGate(StatusSource([status(9)]), clock, 5, None, 10)
-        d = _ensure(gate.wait_for_room())
+        d = gate.when_room()
         gate.stop()
-        self.failureResultOf(d)
+        self.failureResultOf(d, CancelledError)
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
 def _ensure(coro):
-    from twisted.internet.defer import Deferred
-
     return Deferred.fromCoroutine(coro)

@@ -242,7 +242,9 @@ class ExampleFileTests(SynchronousTestCase):
             {"amqp", "log_level", "log_file", "grace_period", "http_timeout",
              "crits", "cuckoo", "stages"},
         )
-        self.assertEqual(set(doc["crits"]), {"url", "username", "api_key", "verify_ssl"})
+        self.assertEqual(
+            set(doc["crits"]), {"url", "username", "api_key", "verify_ssl", "allowed_urls"}
+        )
         self.assertEqual(set(doc["cuckoo"]["main"]), {"url", "token", "verify_ssl"})
         used = {(s["type"], key) for s in doc["stages"] for key in s}
         config = parse_config(doc)
@@ -739,6 +741,35 @@ class QueueErrorTests(ErrorAssertions, SynchronousTestCase):
         self.assertErrorAt(with_stage(1, consumer_queue="amq.x"), "stages.1.consumer_queue", "reserved")
         self.assertErrorAt(with_stage(1, consumer_queue="q" * 256), "stages.1.consumer_queue", "255")
 
+    def test_unframeable_names(self) -> None:
+        """
+        Names AMQP cannot frame or that would garble log lines are refused
+        at start-up, for every queue key: too many bytes of UTF-8 (even if
+        few characters), lone surrogates and control characters.  The
+        reason never quotes the name.
+        """
+        cases = [
+            ("consumer_queue", "\u00e9" * 128, "255 bytes"),
+            ("producer_queue", "worker/\ud800", "surrogate"),
+            ("failed_queue", "worker/\x00failed", "control"),
+            ("consumer_queue", "worker\nfeed", "control"),
+            ("failed_queue", "worker/\x7f", "control"),
+            ("producer_queue", "amq.gen-1", "reserved"),
+        ]
+        for key, name, reason in cases:
+            error = self.assertRaises(ConfigError, parse_config, with_stage(0, **{key: name}))
+            self.assertTrue(str(error).startswith(f"Error in configuration at 'stages.0.{key}': "))
+            self.assertIn(reason, error.reason)
+            self.assertNotIn(name, str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_unicode_names_accepted(self) -> None:
+        """
+        Printable non-ASCII names that fit in 255 bytes are fine.
+        """
+        config = parse_config(with_stage(0, producer_queue="worker/\u00e9tape"))
+        self.assertEqual(config.stages[0].producer_queue, "worker/\u00e9tape")
+
 
 class CuckooReferenceTests(ErrorAssertions, SynchronousTestCase):
     """
@@ -911,7 +942,8 @@ class AmqpTests(ErrorAssertions, SynchronousTestCase):
             ("heartbeat=", "heartbeat must be a whole number of seconds"),
             ("heartbeat=99999", "heartbeat must be at most 65535"),
             ("heartbeat=1&heartbeat=2", "heartbeat is given more than once"),
-            ("frame_max=1", "unknown URL parameter 'frame_max'; only heartbeat is supported"),
+            ("frame_max=1", "unknown URL parameter 'frame_max'; supported: heartbeat, cacertfile, "
+             "certfile, keyfile, verify, server_name_indication"),
             ("heartbeat", "the URL query is malformed"),
         ]:
             error = self.assertConfigError(
@@ -1017,6 +1049,104 @@ class CuckooForUrlTests(SynchronousTestCase):
             "ftp://cuckoo.example:8090",
         ]:
             self.assertIsNone(self.name_for(url))
+
+
+class CritsUrlAllowedTests(ErrorAssertions, SynchronousTestCase):
+    """
+    L{Config.crits_url_allowed} admits only the CRITs the configuration
+    lists, so a message cannot send the daemon to any other host.
+    """
+
+    def setUp(self) -> None:
+        self.config = parse_config(
+            minimal(
+                crits={
+                    "url": "https://Crits.example/",
+                    "username": "u",
+                    "api_key": "k",
+                    "allowed_urls": ["http://other.example:8080/crits/", "https://third.example"],
+                }
+            )
+        )
+
+    def test_default_empty(self) -> None:
+        """
+        Without C{allowed_urls} only C{crits.url} itself is allowed.
+        """
+        config = parse_config(
+            minimal(crits={"url": "https://crits.example", "username": "u", "api_key": "k"})
+        )
+        self.assertEqual(config.crits.allowed_urls, ())
+        self.assertTrue(config.crits_url_allowed("https://crits.example"))
+        self.assertFalse(config.crits_url_allowed("https://third.example"))
+
+    def test_stored_without_trailing_slash(self) -> None:
+        """
+        The URLs are kept as a tuple, trailing slashes removed like C{url}.
+        """
+        self.assertEqual(
+            self.config.crits.allowed_urls,
+            ("http://other.example:8080/crits", "https://third.example"),
+        )
+
+    def test_equivalent_spellings(self) -> None:
+        """
+        Scheme and host case, default ports and trailing slashes do not
+        matter, for C{url} and for each allowed URL.
+        """
+        for url in [
+            "https://crits.example",
+            "HTTPS://CRITS.EXAMPLE:443/",
+            "http://OTHER.example:8080/crits",
+            "http://other.example:8080/crits/",
+            "https://third.example:443",
+        ]:
+            self.assertTrue(self.config.crits_url_allowed(url), url)
+
+    def test_others_refused(self) -> None:
+        """
+        Another scheme, host, port or path, and garbage, are refused.
+        """
+        for url in [
+            "http://crits.example",
+            "https://crits.example:8443",
+            "https://crits.example.evil",
+            "http://other.example:8080",
+            "http://other.example:8080/crits/api",
+            "http://127.0.0.1:8443",
+            "",
+            "not a url",
+            "http://[::1",
+            "https://crits.example:99999",
+            "\ud800",
+        ]:
+            self.assertFalse(self.config.crits_url_allowed(url), url)
+
+    def test_no_crits_section(self) -> None:
+        """
+        Without a C{crits} section no message may name a CRITs.
+        """
+        self.assertFalse(parse_config(minimal()).crits_url_allowed("https://crits.example"))
+
+    def test_invalid_entries(self) -> None:
+        """
+        Each entry is checked like C{crits.url}, and named by its index.
+        """
+        crits = {"url": "https://crits", "username": "u", "api_key": "k"}
+        self.assertConfigError(
+            minimal(crits=dict(crits, allowed_urls="https://x")),
+            "Error in configuration at 'crits.allowed_urls': expected a list of URLs, got a string",
+        )
+        self.assertConfigError(
+            minimal(crits=dict(crits, allowed_urls=["https://x", "ftp://y"])),
+            "Error in configuration at 'crits.allowed_urls.1': must be an http:// or https:// URL",
+        )
+        error = self.assertRaises(
+            ConfigError,
+            parse_config,
+            minimal(crits=dict(crits, allowed_urls=["https://user:Sup3rSecret@x"])),
+        )
+        self.assertNotIn("Sup3rSecret", str(error))
 
 
 class LoadConfigTests(SynchronousTestCase):

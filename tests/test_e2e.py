@@ -7,6 +7,7 @@ import json
 import os
 import signal
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
@@ -80,10 +81,11 @@ class PipelineTests(TestCase):
         failed = state["analyses"][failing_id]
         self.assertIn("failed_analysis", " ".join(entry["message"] for entry in failed["log"]))
 
-        tasks = self.peers.cuckoo.state()["tasks"]
-        by_md5 = {t["md5"]: t for t in tasks.values()}
-        for md5 in expected.values():
-            self.assertTrue(by_md5[md5]["deleted"], f"Cuckoo task for {md5} was not deleted")
+        def deleted() -> bool:
+            by_md5 = {t["md5"]: t for t in self.peers.cuckoo.state()["tasks"].values()}
+            return all(by_md5[md5]["deleted"] for md5 in expected.values())
+
+        await harness.wait_until(deleted, 30, "every Cuckoo task to be deleted after cleanup_delay")
 
         records = [record for _, record, _ in DumpStore(self.dump_dir)]
         reasons = {r.analysis_id: r.reason for r in records}
@@ -224,3 +226,99 @@ class ReportFormatTests(TestCase):
         self.assertIn("info", self._subtypes(analyses))
         for analysis in analyses.values():
             self.assertIn("Dropped files not processed", " ".join(e["message"] for e in analysis["log"]))
+
+
+class TaskGoneTests(TestCase):
+    """
+    A task message whose Cuckoo task no longer exists.
+    """
+
+    timeout = 60
+
+    async def test_task_gone_ends_in_error_and_dump(self) -> None:
+        """
+        The CRITs analysis ends as error with the reason, and the message
+        is dumped once: never silently acked, never left "started".
+        """
+        peers = harness.Peers()
+        peers.start()
+        self.addCleanup(peers.stop)
+        p = harness.prefix()
+        dump_dir = os.path.abspath(self.mktemp())
+        config = harness.config(peers, p, dump_dir, ["parse_and_submit", "overseer"])
+        queues = [s.consumer_queue for s in config.stages]
+        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
+        daemon = build_daemon(config, reactor)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        analysis_id, request = harness.request(1, harness.sample(1))
+        task = {"TaskId": 424242, "CuckooURL": peers.cuckoo_server.url, "CritsData": json.loads(request)["crits_data"]}
+        await harness.publish(config.amqp, [(queues[0], json.dumps(task).encode())])
+        await harness.wait_until(lambda: len(list(DumpStore(dump_dir))) == 1, 30, "the task to be dumped")
+        [(_, record, _)] = list(DumpStore(dump_dir))
+        self.assertIn("Cuckoo task 424242 no longer exists", record.reason)
+        self.assertEqual((record.analysis_id, record.task_id, record.crits_told), (analysis_id, 424242, True))
+        analysis = peers.crits.state()["analyses"][analysis_id]
+        self.assertEqual(analysis["status"], "error")
+        self.assertIn("no longer exists", " ".join(e["message"] for e in analysis["log"]))
+
+
+class NoDuplicateResultsTests(TestCase):
+    """
+    A flaky CRITs makes whole messages fail and come back through the
+    overseer; the results already posted are not posted again.
+    """
+
+    timeout = 180
+
+    async def test_retries_do_not_repeat_results(self) -> None:
+        """
+        With half of CRITs' answers failing (before it stores anything),
+        some analyses need the overseer's retries, and every analysis
+        still ends with exactly the rows its report yields, once each.
+        """
+        import treq
+
+        from cuckoodist.report import ExtractOptions, extract_results_plain
+        from cuckoodist.stages.parse_and_submit import REPORT_PARSERS
+
+        peers = harness.Peers(analysis_seconds=0.2, machines=16)
+        peers.crits.faults.fail_rate = 0.5
+        peers.start()
+        self.addCleanup(peers.stop)
+        p = harness.prefix()
+        dump_dir = os.path.abspath(self.mktemp())
+        doc = harness.config_doc(peers, p, dump_dir)
+        parsers = sorted(REPORT_PARSERS)
+        doc["stages"][2].update(cuckoo_cleanup=False, enabled_parsers=parsers, crits_max_body=4000)
+        doc["stages"][3].update(max_retries=30, retry_delay=0.05)
+        config = harness.parse_config(doc)
+        queues = [s.consumer_queue for s in config.stages]
+        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        daemon = build_daemon(config, reactor)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        messages, expected = harness.requests(queues[0], 16)
+        await harness.publish(config.amqp, messages)
+
+        def done() -> bool:
+            analyses = peers.crits.state()["analyses"]
+            return all(analyses.get(a, {}).get("status") == "completed" for a in expected)
+
+        await harness.wait_until(done, 150, "every analysis to complete")
+        retried = [e for e in events if "Retrying analysis=" in (e.get("log_format") or "")
+                   and "parse_and_submit" in str(e.get("queue", ""))]
+        self.assertTrue(retried, "no parse_and_submit message needed the overseer; the test proved nothing")
+        self.assertEqual(list(DumpStore(dump_dir)), [])
+        tasks = {t["md5"]: task_id for task_id, t in peers.cuckoo.state()["tasks"].items()}
+        options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=config.stages[2].push_api_calls_max)
+        for analysis_id, md5 in expected.items():
+            task_id = int(tasks[md5])
+            response = await treq.get(f"{peers.cuckoo_server.url}/tasks/report/{task_id}/json", persistent=False)
+            report = json.loads(await response.content())
+            rows = extract_results_plain(report, attrs.evolve(options, task_id=task_id)).rows
+            posted = peers.crits.state()["analyses"][analysis_id]["results"]
+            self.assertEqual(len(posted), len(rows), f"analysis {analysis_id} got {len(posted)} rows for {len(rows)}")

@@ -5,6 +5,8 @@ The wire format: compatible with the Go workers, strict on bad input.
 import base64
 import json
 
+import attrs
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from cuckoodist.errors import InvalidMessage
@@ -78,6 +80,17 @@ class TaskMessageTests(SynchronousTestCase):
         self.assertEqual(doc["CritsData"]["analysis_id"], "a-1")
         self.assertEqual(TaskMessage.decode(task.encode()), task)
 
+    def test_retry_kept_within_a_stage(self) -> None:
+        """
+        A task re-published to its own stage (a poll) keeps its retry
+        count; the next stage gets it with none, since counts are per stage.
+        """
+        task = TaskMessage(7, "http://c:8090", CritsData.from_json(CRITS, "c"), retry=RetryInfo(2, 5.0))
+        self.assertEqual(TaskMessage.decode(task.encode()).retry, RetryInfo(2, 5.0))
+        forwarded = task.for_next_stage().encode()
+        self.assertNotIn(b"Retry", forwarded)
+        self.assertEqual(TaskMessage.decode(forwarded).retry, RetryInfo())
+
     def test_bad_task(self) -> None:
         """
         A task id that is not a positive integer, or a URL that is not
@@ -92,19 +105,20 @@ class TaskMessageTests(SynchronousTestCase):
 class FailedMessageTests(SynchronousTestCase):
     def test_go_envelope(self) -> None:
         """
-        A failed message from a Go worker (no added fields) decodes with
-        one attempt, not final.
+        A failed message from a Go worker (no added fields) decodes as not
+        final, with no attempt count: it does not say, and the overseer
+        must count for it.
         """
         go = {"Service": "feed_cuckoo", "Queue": "worker/feed_cuckoo", "Error": "boom", "Desc": "d", "Msg": "{}"}
         failed = FailedMessage.decode(json.dumps(go).encode())
-        self.assertEqual((failed.attempts, failed.final), (1, False))
-        self.assertEqual(FailedMessage.decode(failed.encode()), failed)
+        self.assertEqual((failed.attempts, failed.final), (None, False))
+        self.assertEqual(FailedMessage.decode(failed.encode()), attrs.evolve(failed, attempts=1))
 
     def test_retry_travels_in_message(self) -> None:
         """
         The retry count is added to the message, keeping its other fields.
         """
-        body = with_retry(request(), RetryInfo(2, 5.0))
+        body = with_retry(json.loads(request()), RetryInfo(2, 5.0))
         doc = json.loads(body)
         self.assertEqual(doc["Retry"], {"attempts": 2, "first_failure": 5.0})
         self.assertEqual(AnalysisRequest.decode(body).retry, RetryInfo(2, 5.0))
@@ -114,6 +128,7 @@ class FailedMessageTests(SynchronousTestCase):
         """
         The CRITs context is found in either message shape, or not at all.
         """
-        self.assertEqual(crits_data_of(request()).analysis_id, "a-1")
-        self.assertEqual(crits_data_of(json.dumps({"CritsData": CRITS}).encode()).object_id, "5f0c")
-        self.assertIsNone(crits_data_of(b"garbage"))
+        self.assertEqual(crits_data_of(json.loads(request())).analysis_id, "a-1")
+        self.assertEqual(crits_data_of({"CritsData": CRITS}).object_id, "5f0c")
+        self.assertIsNone(crits_data_of({"CritsData": {"analysis_id": 5}}))
+        self.assertIsNone(crits_data_of({}))

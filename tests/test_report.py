@@ -339,7 +339,8 @@ class GeneratedRowsTests(SynchronousTestCase):
         """
         Missing or empty sections give no rows and no error; a guest-less
         2.0 report has an empty machine name; the option's task id stands in
-        for a missing info id.
+        for a missing info id.  A document that is not an object is no
+        report, and is refused.
         """
         for doc in ({}, {"info": {}}, {"behavior": {}}, {"behavior": {"processes": []}},
                     {"network": {}}, {"signatures": []}):
@@ -351,7 +352,10 @@ class GeneratedRowsTests(SynchronousTestCase):
                                      ExtractOptions(PARSERS, task_id=4))
         self.assertEqual(extraction.rows, (ResultRow(
             "info", "", {"started": "", "ended": "", "analysis_id": 4}),))
-        self.assertEqual(extract_results(io.BytesIO(b"[1, 2]"), ALL).rows, ())
+        for not_a_report in (b"[1, 2]", b"0", b'0\n"', b"null"):
+            with self.assertRaises(PermanentError) as caught:
+                extract_results(io.BytesIO(not_a_report), ALL)
+            self.assertIn("not a JSON object", caught.exception.reason)
 
 
 class InvalidTests(SynchronousTestCase):

@@ -4,8 +4,8 @@ refused as invalid JSON or read exactly as the plain parser reads them.
 """
 
 import io
+import os
 import json
-import math
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,25 +32,16 @@ NASTY = [b'"', b"\\", b"{", b"}", b"[", b"]", b",", b":", b"\x00", b"\xff", b"\x
 def _strict_load(data: bytes):
     """
     What a strict JSON parser accepts: json.loads without NaN/Infinity.
+
+    A number too large for a float (C{1e99999}) is valid JSON: the grammar
+    has no range, and parsers differ only in what they make of it.  It is
+    accepted here as json.loads accepts it, as infinity.
     """
 
     def refuse(constant: str):
         raise ValueError(f"not JSON: {constant}")
 
-    doc = json.loads(data, parse_constant=refuse)
-
-    def finite(value) -> bool:
-        if isinstance(value, float):
-            return math.isfinite(value)
-        if isinstance(value, dict):
-            return all(finite(v) for v in value.values())
-        if isinstance(value, list):
-            return all(finite(v) for v in value)
-        return True
-
-    if not finite(doc):
-        raise ValueError("a number out of range")
-    return doc
+    return json.loads(data, parse_constant=refuse)
 
 
 @st.composite
@@ -75,7 +66,7 @@ def corrupted(draw):
 
 
 class CorruptedReportTests(SynchronousTestCase):
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=int(os.environ.get("CUCKOODIST_HYPOTHESIS_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(corrupted())
     def test_refused_or_read_as_plain(self, data: bytes) -> None:
         """
@@ -90,7 +81,7 @@ class CorruptedReportTests(SynchronousTestCase):
         try:
             doc = _strict_load(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            self.assertIsNone(streamed, "invalid JSON was accepted")
+            self.assertIsNone(streamed, f"invalid JSON was accepted: {data[:120]!r}...{data[-60:]!r}")
             return
         if streamed is not None and isinstance(doc, dict):
             self.assertEqual(streamed, extract_results_plain(doc, OPTIONS))

@@ -18,7 +18,8 @@ def stage(crits=True):
     doc = {"stages": [{"type": "overseer", "dump_dir": "/nonexistent"}],
            "cuckoo": {"main": {"url": "https://cuckoo.example:8090", "token": "TOKEN"}}}
     if crits:
-        doc["crits"] = {"url": "https://crits.example", "username": "svc", "api_key": "CONFIGURED-KEY"}
+        doc["crits"] = {"url": "https://crits.example", "username": "svc", "api_key": "CONFIGURED-KEY",
+                        "allowed_urls": ["https://other.example/crits"]}
     config = parse_config(doc)
     clock = Clock()
     return Overseer(StageContext(reactor=clock, connection=None, http=HTTPClient(clock, 10), config=config), config.stages[0])
@@ -41,10 +42,25 @@ class CredentialTests(SynchronousTestCase):
 
     def test_message_credentials_win(self) -> None:
         """
-        Credentials carried by the message are used for its CRITs.
+        Credentials carried by the message are used for its CRITs, an
+        allowed one, which is reached at its configured URL whatever case
+        and trailing slash the message used.
         """
-        client = stage().crits_client(crits(crits_url="https://other.example", username="u", api_key="k"))
-        self.assertEqual((client._url, client._headers["Authorization"]), ("https://other.example", "ApiKey u:k"))
+        client = stage().crits_client(crits(crits_url="HTTPS://OTHER.example:443/crits/", username="u", api_key="k"))
+        self.assertEqual((client._url, client._headers["Authorization"]), ("https://other.example/crits", "ApiKey u:k"))
+
+    def test_unlisted_crits_refused(self) -> None:
+        """
+        A message naming a CRITs that is neither configured nor allowed is
+        refused before any request, even with credentials of its own; so is
+        an allowed one spelt with a query, a fragment or another path.
+        """
+        for url in ("https://evil.example", "https://other.example/crits?x=/api", "https://other.example/crits#f",
+                    "https://other.example/elsewhere", "http://other.example/crits", "https://u:p@other.example/crits",
+                    "https://other.example:8443/crits", "gopher://other.example/crits", "not a url"):
+            with self.assertRaises(InvalidMessage, msg=url) as caught:
+                stage().crits_client(crits(crits_url=url, username="u", api_key="k"))
+            self.assertIn("crits_url", caught.exception.reason)
 
     def test_configured_key_stays_home(self) -> None:
         """
@@ -60,5 +76,19 @@ class CredentialTests(SynchronousTestCase):
         """
         s = stage()
         self.assertEqual(s.cuckoo_client("https://cuckoo.example:8090/")._headers, {"Authorization": "Bearer TOKEN"})
-        self.assertEqual(s.cuckoo_client("https://elsewhere.example:8090")._headers, {})
         self.assertNotIn("TOKEN", repr(s.cuckoo_client("https://cuckoo.example:8090")))
+
+    def test_unconfigured_cuckoo_refused(self) -> None:
+        """
+        A task naming any Cuckoo but a configured one is refused before any
+        request: another host, port, scheme, or the right one with a path
+        or query of its own.  The configured URL is what gets used.
+        """
+        s = stage()
+        self.assertEqual(s.cuckoo_client("HTTPS://Cuckoo.Example:8090//").url, "https://cuckoo.example:8090")
+        for url in ("https://elsewhere.example:8090", "https://cuckoo.example:8091", "http://cuckoo.example:8090",
+                    "https://cuckoo.example:8090/secret", "https://cuckoo.example:8090/?x=/tasks/view/1",
+                    "https://cuckoo.example:8090#x", "https://a:b@cuckoo.example:8090"):
+            with self.assertRaises(InvalidMessage, msg=url) as caught:
+                s.cuckoo_client(url)
+            self.assertIn("not a Cuckoo in this configuration", caught.exception.reason)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_amqp -*-
+# -*- test-case-name: tests.test_amqp_connection -*-
 """
 The daemon's single connection to RabbitMQ, kept alive with backoff.
 
@@ -6,6 +6,15 @@ L{AMQPConnectionService} is a L{ClientService}: when the broker goes away it
 reconnects with exponential backoff and jitter, forever.  Stages never hold
 the protocol across a reconnect; they ask L{whenConnected} again and rebuild
 their channel, so the topology is re-declared on every new connection.
+
+Logging in happens in C{prepareConnection}.  A connection the broker drops
+during the login (a refused password, an unknown vhost, a failed TLS
+handshake) must count as one failed attempt, not also as a lost
+connection: L{ClientService} has no transition for a disconnection while it
+is still connecting and would log an Automat C{NoTransition} traceback on
+every retry.  L{_LoginGate} therefore tells the service about a lost
+connection only once the login has succeeded.  What happened is reported by
+L{ConnectionLog}, once per change of state.
 """
 
 import os
@@ -14,19 +23,26 @@ from typing import Any, Callable
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txamqp.spec import load as load_spec
+from zope.interface import implementer
 
+from cuckoodist.amqp.connection_log import ConnectionLog, why_connect_failed
 from cuckoodist.amqp.protocol import AMQPClient, ConfirmingDelegate, describe_close
+from cuckoodist.amqp.tls import client_tls_options
 
 __all__ = ["AMQPConnectionService", "SPEC_PATH", "load_amqp_spec"]
 
 log = Logger()
 
 SPEC_PATH = os.path.join(os.path.dirname(__file__), "spec", "amqp0-9-1-rabbitmq.xml")
+
+#: Seconds from TCP connect to an open vhost; a peer that is not a broker
+#: (a wrong port) would otherwise hold the attempt for ever.
+HANDSHAKE_TIMEOUT = 15.0
 
 
 def load_amqp_spec() -> Any:
@@ -59,6 +75,68 @@ class _ClientFactory(Factory):
         )
 
 
+class _LoginGate(Protocol):
+    """
+    Sits between the transport and L{ClientService}'s protocol proxy and
+    hides a connection lost before the login completed from the service
+    (the client itself is still told, so that the login fails).
+
+    @ivar proxy: the service's proxy around the L{AMQPClient}; attribute
+        lookups on it reach the client.
+    """
+
+    def __init__(self, proxy: Any, lost: Callable[[Failure], None]) -> None:
+        self.proxy = proxy
+        self._lost = lost
+
+    def makeConnection(self, transport: Any) -> None:
+        Protocol.makeConnection(self, transport)
+        self.proxy.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.proxy.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self.proxy.logged_in:
+            self._lost(reason)
+            self.proxy.connectionLost(reason)
+        else:
+            self.proxy.lost_during_login(reason)
+
+
+class _GateFactory(Factory):
+    noisy = False
+
+    def __init__(self, wrapped: Any, lost: Callable[[Failure], None]) -> None:
+        self._wrapped = wrapped
+        self._lost = lost
+
+    def buildProtocol(self, addr: Any) -> _LoginGate | None:
+        proxy = self._wrapped.buildProtocol(addr)
+        return None if proxy is None else _LoginGate(proxy, self._lost)
+
+
+@implementer(IStreamClientEndpoint)
+class _GatedEndpoint:
+    """
+    Connects through C{endpoint} with a L{_LoginGate} in front of each
+    protocol, and reports failed connection attempts.
+    """
+
+    def __init__(self, endpoint: Any, failed: Callable[[Failure], None], lost: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+        self._lost = lost
+
+    def connect(self, factory: Any) -> Deferred:
+        def failed(reason: Failure) -> Failure:
+            self._failed(reason)
+            return reason
+
+        connecting = self._endpoint.connect(_GateFactory(factory, self._lost))
+        return connecting.addCallbacks(lambda gate: gate.proxy, failed)
+
+
 class AMQPConnectionService(ClientService):
     """
     Keeps one authenticated AMQP connection open.
@@ -66,7 +144,10 @@ class AMQPConnectionService(ClientService):
     @param reactor: the reactor to connect with and to time retries on.
     @param amqp: the C{amqp} section of the configuration.
     @param retry_policy: seconds to wait after N failed attempts; the
-        default backs off from 1 s to 30 s with jitter.
+        default backs off from 1 s to 30 s with jitter.  Delays are rounded
+        to tenths of a second.
+    @param log: where connection state changes go.
+    @raise ConfigError: a TLS file cannot be read or parsed.
     """
 
     def __init__(
@@ -74,22 +155,48 @@ class AMQPConnectionService(ClientService):
         reactor: Any,
         amqp: Any,
         retry_policy: Callable[[int], float] | None = None,
+        log: Logger | None = None,
     ) -> None:
+        self._amqp = amqp
+        self._where = f"{amqp.host}:{amqp.port}{'' if amqp.vhost.startswith('/') else '/'}{amqp.vhost}"
+        self._report = ConnectionLog(self._where, log)
+        self._why: str | None = None
+        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
         endpoint = HostnameEndpoint(reactor, amqp.host, amqp.port, timeout=15)
         if amqp.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(amqp.host), endpoint)
+            endpoint = wrapClientTLS(client_tls_options(amqp), endpoint)
+        endpoint = _GatedEndpoint(endpoint, self._connect_failed, self._connection_lost)
         factory = _ClientFactory(load_amqp_spec(), amqp.vhost, amqp.heartbeat, reactor)
         super().__init__(
             endpoint,
             factory,
-            retryPolicy=retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0),
+            retryPolicy=lambda attempt: self._next_delay(policy, attempt),
             clock=reactor,
             prepareConnection=self._login,
         )
-        self._amqp = amqp
-        self._where = f"{amqp.host}:{amqp.port}{amqp.vhost}"
+        self._clock = reactor
         self._client: AMQPClient | None = None
         self._stopping = False
+
+    def _next_delay(self, policy: Callable[[int], float], attempt: int) -> float:
+        """
+        The retry policy: called once per failed attempt, just after the
+        failure, which makes it the place to report that failure.
+        """
+        delay = round(policy(attempt), 1)
+        why, self._why = self._why, None
+        if why is not None and not self._stopping:
+            self._report.failed(why, delay)
+        return delay
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self._why = why_connect_failed(reason, handshake_started=False)
+
+    def _connection_lost(self, reason: Failure) -> None:
+        if self._stopping:
+            log.info("Closed the RabbitMQ connection to {where}", where=self._where)
+        else:
+            self._report.lost(describe_close(reason))
 
     def _login(self, client: AMQPClient) -> Deferred:
         """
@@ -98,28 +205,21 @@ class AMQPConnectionService(ClientService):
         """
 
         async def login() -> None:
-            try:
-                await client.authenticate(self._amqp.username, self._amqp.password, mechanism="PLAIN")
-            except Exception as e:
-                log.error(
-                    "AMQP login to {where} as {user} failed: {why}",
-                    where=self._where,
-                    user=self._amqp.username,
-                    why=describe_close(e),
-                )
-                client.transport.loseConnection()
-                raise
-            log.info("Connected to RabbitMQ at {where}", where=self._where)
+            await client.authenticate(self._amqp.username, self._amqp.password, mechanism="PLAIN")
+
+        def succeeded(_: object) -> None:
+            client.mark_logged_in()
             self._client = client
-            client.disconnected.wait().addCallback(self._lost)
+            self._report.connected()
 
-        return Deferred.fromCoroutine(login())
+        def failed(reason: Failure) -> Failure:
+            self._why = why_connect_failed(reason, handshake_started=True)
+            if client.transport is not None:
+                client.transport.abortConnection()
+            return reason
 
-    def _lost(self, _: object) -> None:
-        if not self._stopping:
-            log.warn("Lost the RabbitMQ connection to {where}; reconnecting", where=self._where)
-        else:
-            log.info("Closed the RabbitMQ connection to {where}", where=self._where)
+        attempt = Deferred.fromCoroutine(login()).addTimeout(HANDSHAKE_TIMEOUT, self._clock)
+        return attempt.addCallbacks(succeeded, failed)
 
     def stopService(self) -> Deferred:
         """

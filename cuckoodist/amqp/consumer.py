@@ -10,24 +10,31 @@ connection dies meanwhile, the ack is never sent and the broker redelivers:
 duplicates are possible, loss is not.
 """
 
+import hashlib
 import itertools
 from typing import Awaitable, Callable, Mapping
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from cuckoodist.amqp.protocol import Channel, Closed, describe_close
 from cuckoodist.amqp.topology import declare_delay, declare_queue
+from cuckoodist.attempts import AttemptMemory
 
-__all__ = ["Delivery", "Outbox", "QueueConsumer", "Handler"]
+__all__ = ["Delivery", "Outbox", "QueueConsumer", "Handler", "Admission"]
 
 log = Logger()
 
 _consumer_numbers = itertools.count(1)
+
+#: The longest a message the handler could not settle is held before it is
+#: given back: long enough that one such message costs a few log lines a
+#: minute, short enough to stay below even a consumer_timeout of seconds.
+_MAX_REQUEUE_PAUSE = 5.0
 
 
 @attrs.frozen
@@ -81,6 +88,10 @@ class Outbox:
 
 Handler = Callable[[Delivery, Outbox], Awaitable[None]]
 
+#: Decides before the handler runs whether this consumer takes a delivery
+#: now; see L{QueueConsumer.admit_with}.
+Admission = Callable[[Delivery], Awaitable[bool]]
+
 
 class QueueConsumer(Service):
     """
@@ -117,7 +128,14 @@ class QueueConsumer(Service):
         self._channel: Channel | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[Deferred] = set()
+        self._requeued = AttemptMemory(clock, max_entries=10_000, max_age=3600.0)
         self.consuming = False
+        # Flow control (pause/resume): what the owner wants, and whether the
+        # broker is currently sending to our consumer tag.
+        self._admission: Admission | None = None
+        self._paused = False
+        self._active = False
+        self._switching = DeferredLock()
 
     def startService(self) -> None:
         super().startService()
@@ -144,6 +162,7 @@ class QueueConsumer(Service):
             finally:
                 self.consuming = False
                 self._channel = None
+                self._active = False
             if self.running:
                 await deferLater(self._clock, min(30.0, 0.5 * 2 ** min(failures, 6)), lambda: None)
 
@@ -155,8 +174,11 @@ class QueueConsumer(Service):
         tag = f"cuckoodist.{self._queue}.{next(_consumer_numbers)}"
         channel.track_consumer(tag)
         deliveries = await client.queue(tag)
-        await channel.basic_consume(queue=self._queue, consumer_tag=tag)
-        self._channel, self._consumer_tag = channel, tag
+        active = not self._paused
+        if active:
+            await channel.basic_consume(queue=self._queue, consumer_tag=tag)
+        self._channel, self._consumer_tag, self._active = channel, tag, active
+        self._converge()  # catch up with a pause() or resume() made meanwhile
         self.consuming = True
         log.info("Consuming {queue} (prefetch {n})", queue=self._queue, n=self._prefetch)
         outbox = Outbox(channel)
@@ -169,7 +191,7 @@ class QueueConsumer(Service):
                 redelivered=bool(message.redelivered),
                 headers=message.content.properties.get("headers") or {},
             )
-            work = Deferred.fromCoroutine(self._process(channel, outbox, delivery))
+            work = Deferred.fromCoroutine(self._dispatch(channel, outbox, delivery))
             self._in_flight.add(work)
             work.addBoth(lambda r, w=work: (self._in_flight.discard(w), r)[1])
 
@@ -183,7 +205,23 @@ class QueueConsumer(Service):
             log.warn("Channel lost mid-work on {queue}: {why}; left for redelivery", queue=self._queue, why=describe_close(e))
             return
         except Exception:
-            log.failure("Handler for {queue} failed; message requeued", queue=self._queue)
+            # The handler could not settle the message (the stages fail
+            # everything they can to the overseer, so this means even that
+            # publish was refused).  Give it back, but after a pause that
+            # grows each time the same message comes back here, so one
+            # message the broker keeps refusing cannot spin the process.
+            times = self._requeued.failed(hashlib.sha256(delivery.body).hexdigest(), 1)
+            pause = min(_MAX_REQUEUE_PAUSE, 2.0 ** (times - 1))
+            log.failure(
+                "Handler for {queue} could not settle a message (time {n}); it goes back to the queue in {s:g} s",
+                queue=self._queue,
+                n=times,
+                s=pause,
+            )
+            try:
+                await deferLater(self._clock, pause, lambda: None)
+            except CancelledError:
+                return
             if not channel.closed:
                 channel.basic_reject(delivery_tag=delivery.delivery_tag, requeue=True)
             return
@@ -191,6 +229,95 @@ class QueueConsumer(Service):
             log.warn("Finished work on {queue} after its channel closed; it will be redelivered", queue=self._queue)
             return
         channel.basic_ack(delivery_tag=delivery.delivery_tag)
+
+    # Flow control ------------------------------------------------------------
+
+    def admit_with(self, admission: Admission) -> None:
+        """
+        Ask C{admission} about each delivery before the handler sees it.
+
+        A refused delivery is handed back: rejected with requeue, at once,
+        which is not a failure (the handler never ran).  A refusal also
+        pauses the consumer, so that the broker gives the queue to other
+        consumers instead of straight back to this one, until the owner
+        calls L{resume}.
+        """
+        self._admission = admission
+
+    def pause(self) -> Deferred:
+        """
+        Stop taking deliveries (C{basic.cancel}) until L{resume}; any that
+        still arrive are handed back.  Holds across reconnections.
+
+        @return: fires once the broker has stopped sending.
+        """
+        self._paused = True
+        return self._converge()
+
+    def resume(self) -> Deferred:
+        """
+        Take deliveries again, under the same consumer tag.
+
+        @return: fires once the broker is sending again.
+        """
+        self._paused = False
+        return self._converge()
+
+    def _converge(self) -> Deferred:
+        """
+        Bring the broker's view in line with the wish, one switch at a time
+        (a resume queued behind a pause runs after the pause's C{cancel-ok}).
+        """
+        return self._switching.run(lambda: Deferred.fromCoroutine(self._switch()))
+
+    async def _switch(self) -> None:
+        channel, tag = self._channel, self._consumer_tag
+        if not self.running or channel is None or channel.closed or tag is None:
+            return  # _serve consumes, or not, on the next channel
+        try:
+            if self._paused and self._active:
+                await channel.basic_cancel(consumer_tag=tag)
+                self._active = False
+                log.info("Paused consuming {queue}", queue=self._queue)
+            elif not self._paused and not self._active:
+                await channel.basic_consume(queue=self._queue, consumer_tag=tag)
+                self._active = True
+                log.info("Resumed consuming {queue}", queue=self._queue)
+        except Exception as e:
+            # The channel died under us; _run opens the next one.
+            log.info("Could not switch consuming of {queue}: {why}", queue=self._queue, why=describe_close(e))
+
+    async def _dispatch(self, channel: Channel, outbox: Outbox, delivery: Delivery) -> None:
+        """
+        Give a delivery to L{_process}, unless the consumer is paused or
+        its admission refuses it: then hand it back, unhandled.
+        """
+        try:
+            if not self._paused:
+                if await self._admitted(delivery):
+                    await self._process(channel, outbox, delivery)
+                    return
+                self.pause()
+            # Wait until the broker stopped sending to us, so that the
+            # message goes to another consumer rather than straight back here.
+            await self._converge()
+        except CancelledError:
+            return  # stopping: it stays unacked and the broker gives it back
+        if not channel.closed:
+            channel.basic_reject(delivery_tag=delivery.delivery_tag, requeue=True)
+
+    async def _admitted(self, delivery: Delivery) -> bool:
+        if self._admission is None:
+            return True
+        try:
+            return await self._admission(delivery)
+        except CancelledError:
+            raise
+        except Exception:
+            # A broken admission must not strand messages: let the handler
+            # decide, as if there were none.
+            log.failure("Admission check for {queue} failed; handling the message anyway", queue=self._queue)
+            return True
 
     def stopService(self) -> Deferred:
         super().stopService()

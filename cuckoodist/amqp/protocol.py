@@ -9,22 +9,30 @@ the L{Channel} they belong to, and L{Channel.publish} turns each publish into
 a Deferred that fires only once the broker has taken responsibility for the
 message.  That Deferred is what lets a stage ack its input only after its
 output is safe.
+
+Every outgoing frame is encoded by L{cuckoodist.amqp.wire.pack_frame}, and
+every method is encoded once before it is queued, so a value that cannot
+be framed fails the call that sent it (with L{UnframeableValue}) instead of
+the writer.  Should the writer fail anyway, the transport is aborted: a
+connection that can no longer write must look dead, so that the connection
+service reconnects and consumers resume, rather than stay up and silent.
 """
 
 import itertools
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed, TwistedDelegate
+from txamqp.connection import Frame, Header, Method
 from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel, AMQClient
 
-from cuckoodist.amqp.wire import unpack_frame
+from cuckoodist.amqp.wire import UnframeableValue, pack_frame, unpack_frame
 
-__all__ = ["AMQPClient", "Channel", "PublishNacked", "Closed", "ChannelClosed"]
+__all__ = ["AMQPClient", "Channel", "PublishNacked", "Closed", "ChannelClosed", "UnframeableValue"]
 
 log = Logger()
 
@@ -53,6 +61,30 @@ class Channel(AMQChannel):
         self._sequence = itertools.count(1)
         self._consumer_tags: set[str] = set()
 
+    def check_frames(self, method: Any, args: Any, content: Content | None = None) -> None:
+        """
+        Encode C{method} (and its content header) without sending it.
+
+        @raise UnframeableValue: it cannot be framed.
+        """
+        self.client.pack_frame(Frame(self.id, Method(method, *args)))
+        if content is not None:
+            self.client.pack_frame(Frame(self.id, Header(method.klass, content.weight(), content.size(), **content.properties)))
+
+    def invoke(self, method: Any, args: Any, content: Content | None = None) -> Deferred:
+        """
+        Send a method, after checking that it can be framed: a frame that
+        fails in the writer would take the whole connection down.
+
+        @return: txAMQP's Deferred, or one failing with L{UnframeableValue}
+            when nothing was sent.
+        """
+        try:
+            self.check_frames(method, args, content)
+        except UnframeableValue:
+            return fail()
+        return super().invoke(method, args, content)
+
     async def enable_confirms(self) -> None:
         """
         Put the channel in confirm mode; from now on every publish is acked
@@ -75,8 +107,10 @@ class Channel(AMQChannel):
         @raise RuntimeError: if confirms were not enabled; publishing
             without them would silently give up the delivery guarantee.
         @return: a Deferred firing with C{None} on broker ack, failing with
-            L{PublishNacked} on nack or with L{Closed} if the channel dies
-            first (the message may or may not have been taken).
+            L{PublishNacked} on nack, with L{Closed} if the channel dies
+            first (the message may or may not have been taken), or with
+            L{UnframeableValue} (nothing was sent) when the routing key or
+            exchange cannot be framed.
         """
         if self._unconfirmed is None:
             raise RuntimeError("publish() needs enable_confirms() first")
@@ -86,10 +120,14 @@ class Channel(AMQChannel):
             body,
             properties={"delivery-mode": PERSISTENT, "content-type": content_type},
         )
+        sent = self.basic_publish(exchange=exchange, routing_key=routing_key, content=content)
+        if isinstance(getattr(sent, "result", None), Failure):
+            # Refused before anything was written: the broker's numbering
+            # has not moved, so neither does ours.
+            return sent
         sequence = next(self._sequence)
         confirmed = Deferred()
         self._unconfirmed[sequence] = confirmed
-        self.basic_publish(exchange=exchange, routing_key=routing_key, content=content)
         return confirmed
 
     def _settle(self, delivery_tag: int, multiple: bool, error: Exception | None) -> None:
@@ -144,12 +182,36 @@ class Channel(AMQChannel):
         self._consumer_tags.clear()
 
 
+#: What we tell the broker we understand.  Without these capabilities
+#: RabbitMQ sends no C{basic.cancel} when a consumed queue is deleted, no
+#: C{connection.blocked}, and answers a refused login by dropping the
+#: socket instead of saying C{403 ACCESS_REFUSED}.
+CLIENT_PROPERTIES = {
+    "product": "cuckoodist",
+    "capabilities": {
+        "publisher_confirms": True,
+        "basic.nack": True,
+        "consumer_cancel_notify": True,
+        "connection.blocked": True,
+        "authentication_failure_close": True,
+    },
+}
+
+
 class ConfirmingDelegate(TwistedDelegate):
     """
     Handles the methods the broker sends unprompted, adding publisher
     confirms, broker-initiated consumer cancellation and flow control
     notices to txAMQP's defaults.
     """
+
+    def connection_start(self, channel: Channel, message: Any) -> None:
+        channel.connection_start_ok(
+            client_properties=CLIENT_PROPERTIES,
+            mechanism=self.client.mechanism,
+            response=self.client.response,
+            locale=self.client.locale,
+        )
 
     def basic_ack(self, channel: Channel, message: Any) -> None:
         channel.confirmed(message.delivery_tag, message.multiple)
@@ -184,9 +246,51 @@ class AMQPClient(AMQClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._channel_ids = itertools.count(1)
+        self.logged_in = False
+
+    def mark_logged_in(self) -> None:
+        """
+        The vhost is open: from now on a lost connection is a lost
+        connection, not a failed login.
+        """
+        self.logged_in = True
+
+    def lost_during_login(self, reason: Any) -> None:
+        """
+        The connection went away before the login finished: fail the login
+        (and anything waiting on the connection) without reporting a lost
+        connection to the connection service.
+        """
+        AMQClient.connectionLost(self, reason)
 
     def _unpack_frame(self, data: bytes) -> Any:
         return unpack_frame(self.spec, data, self.FRAME_END)
+
+    def _pack_frame(self, frame: Frame) -> bytes:
+        return pack_frame(self.spec, frame, self.FRAME_END)
+
+    def pack_frame(self, frame: Frame) -> bytes:
+        """
+        Encode C{frame} as it would be written.
+
+        @raise UnframeableValue: it cannot be framed.
+        """
+        return self._pack_frame(frame)
+
+    def writer(self, frame: Frame) -> None:
+        """
+        Write one queued frame.  txAMQP's writer stops for good on the first
+        error, leaving a connection that only sends heartbeats; here an
+        error aborts the connection instead, which is then seen as lost.
+        """
+        try:
+            self.send_frame(frame)
+        except Exception:
+            log.failure("Could not write an AMQP frame; dropping the connection to recover")
+            if self.transport is not None:
+                self.transport.abortConnection()
+        finally:
+            self.outgoing.get().addCallback(self.writer)
 
     async def open_channel(self) -> Channel:
         """

@@ -13,16 +13,31 @@ at the head of a queue, so each delay length gets its own queue: mixing
 TTLs in one queue would make short delays wait behind long ones.
 """
 
+from cuckoodist.amqp.names import queue_name_problem
 from cuckoodist.amqp.protocol import Channel
+from cuckoodist.errors import PermanentError
 
-__all__ = ["declare_queue", "declare_delay", "delay_name"]
+__all__ = ["InvalidQueueName", "declare_queue", "declare_delay", "delay_name"]
+
+
+class InvalidQueueName(PermanentError, ValueError):
+    """
+    A queue name we will not declare (see L{queue_name_problem}); the
+    reason never quotes the name, which may come from a hostile message.
+    """
 
 
 async def declare_queue(channel: Channel, name: str) -> None:
     """
     Declare a durable work queue (idempotent; same arguments as the Go
     workers, which declare it with none).
+
+    @raise InvalidQueueName: before anything is sent, for a name that
+        cannot be framed or that we refuse.
     """
+    problem = queue_name_problem(name)
+    if problem is not None:
+        raise InvalidQueueName(problem)
     await channel.queue_declare(queue=name, durable=True)
 
 

@@ -6,32 +6,91 @@ Each file is removed only after the broker confirmed its message, so an
 interrupted resubmit can simply be run again (at worst a message goes
 twice).  The C{Retry} count is cleared: a resubmitted message gets the
 full number of retries again.
+
+Dump files hold messages the pipeline could not handle, so they are
+hostile by construction.  Every file is judged on its own: one that
+cannot be read, names a queue the broker could not take (or, with
+C{-c}, a queue no configured stage consumes), is skipped with a reason
+on one line, and the rest still go.  Every wait on the broker is bounded
+by C{--timeout}.
 """
 
+from __future__ import annotations
+
+import getopt
 import json
 import os
 import sys
+from typing import IO, Any, Iterable, Sequence
 
-from twisted.internet.defer import Deferred
+import attrs
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import react
 from twisted.python import usage
 
 from cuckoodist.amqp.connection import AMQPConnectionService
+from cuckoodist.amqp.names import queue_name_problem
 from cuckoodist.config import load_config, parse_config
-from cuckoodist.dump import DumpStore
+from cuckoodist.dump import DumpRecord, DumpStore
 from cuckoodist.errors import ConfigError
 from cuckoodist.publish import publish_confirmed
 
-__all__ = ["ResubmitOptions", "run", "resubmit"]
+__all__ = ["ResubmitOptions", "run", "resubmit", "message_body"]
+
+#: Seconds the whole publish (connecting included) may take by default.
+DEFAULT_TIMEOUT = 60.0
+#: Seconds closing the connection may take before we stop waiting.
+_CLOSE_TIMEOUT = 10.0
 
 
 class ResubmitOptions(usage.Options):
-    synopsis = "DUMP_DIR [--only-stage STAGE] [-c CONFIG | --amqp URL]"
+    """
+    Command line of C{cuckoodist resubmit}.  C{DUMP_DIR} may come before or
+    after the options, as with GNU tools: the README shows it first.
+    """
+
+    synopsis = "DUMP_DIR [--only-stage STAGE] [-c CONFIG | --amqp URL] [--any-queue] [--timeout SECONDS]"
+    longdesc = (
+        "Publish the messages the overseer dumped in DUMP_DIR back to the queues they failed on, "
+        "with their retry count cleared, and delete each file once the broker confirmed its "
+        "message, so an interrupted run can simply be repeated. A file that cannot be read or "
+        "names an unusable queue (with -c: a queue no stage of CONFIG consumes, unless "
+        "--any-queue) is skipped with its reason on one line; the rest still go. The broker is "
+        "that of CONFIG, or --amqp, or a local RabbitMQ as guest. Exit status: 0 when done, 1 "
+        "when the broker did not confirm everything within --timeout (the unconfirmed files are "
+        "kept), 2 for bad usage.")
+    examples = (
+        "cuckoodist resubmit dump -c etc/cuckoodist.yaml",
+        "cuckoodist resubmit /var/lib/cuckoodist/dump --only-stage parse_and_submit -c /etc/cuckoodist/cuckoodist.yaml",
+    )
     optParameters = [
-        ["config", "c", None, "Take the AMQP URL from this configuration file."],
+        ["config", "c", None, "Take the AMQP URL and the allowed queues from this configuration file."],
         ["amqp", None, None, "AMQP URL (default: amqp://guest:guest@127.0.0.1:5672/)."],
         ["only-stage", None, None, "Resubmit only messages that failed in this stage (e.g. parse_and_submit)."],
+        ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the broker before giving up.", float],
     ]
+    optFlags = [
+        ["any-queue", None, "With -c, also resubmit to queues that configuration does not consume."],
+    ]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Move options that follow C{DUMP_DIR} in front of it, then parse as
+        usual (L{usage.Options} stops at the first positional argument).
+        """
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            opts, args = getopt.gnu_getopt(list(options), self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for opt, value in opts:
+            if opt.startswith("--"):
+                ordered.append(f"{opt}={value}" if opt[2:] + "=" in self.longOpt else opt)
+            else:
+                ordered.extend([opt, value] if opt[1] + ":" in self.shortOpt else [opt])
+        super().parseOptions(ordered + ["--"] + args)
 
     def parseArgs(self, dump_dir: str) -> None:
         self["dump_dir"] = dump_dir
@@ -39,81 +98,181 @@ class ResubmitOptions(usage.Options):
     def postOptions(self) -> None:
         if self["config"] and self["amqp"]:
             raise usage.UsageError("give -c/--config or --amqp, not both")
+        if self["any-queue"] and not self["config"]:
+            raise usage.UsageError("--any-queue only makes sense with -c/--config")
+        if not 0 < self["timeout"] < float("inf"):
+            raise usage.UsageError("--timeout must be a positive number of seconds")
         if not os.path.isdir(self["dump_dir"]):
-            raise usage.UsageError(f"{self['dump_dir']} is not a directory")
+            raise usage.UsageError(f"{_shown(self['dump_dir'])} is not a directory")
+        self["allowed_queues"] = None
         try:
             if self["config"]:
-                self["amqp_config"] = load_config(self["config"]).amqp
+                config = load_config(self["config"])
+                if not self["any-queue"]:
+                    self["allowed_queues"] = frozenset(s.consumer_queue for s in config.stages)
             else:
-                doc = {"stages": [{"type": "overseer", "dump_dir": self["dump_dir"]}]}
+                doc: dict[str, Any] = {"stages": [{"type": "overseer", "dump_dir": "unused"}]}
                 if self["amqp"]:
                     doc["amqp"] = self["amqp"]
-                self["amqp_config"] = parse_config(doc).amqp
+                config = parse_config(doc)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        self["amqp_config"] = config.amqp
 
 
-def _fresh(message: str) -> bytes:
+def _shown(text: str) -> str:
     """
-    The message with its retry count cleared, when it is a JSON object.
+    Text from a dump file or a file name, fit for one terminal line: quoted
+    with escapes unless it is plainly printable.
+    """
+    return text if text.isprintable() else ascii(text)
+
+
+def message_body(message: str) -> bytes:
+    """
+    The bytes to publish for a dumped message, with its C{Retry} count
+    cleared.
+
+    The overseer stored the body as text (decoded from UTF-8), so the text
+    encoded as UTF-8 is the body as it was received.  A message without a
+    C{Retry} field is published exactly so.  Text holding a lone surrogate
+    has no UTF-8 form; such a surrogate is written as the JSON escape
+    C{\\udXXX} (C{backslashreplace}), which is how a JSON body must have
+    carried it, so the result is valid UTF-8 and, for a JSON message, the
+    same JSON.  A message whose C{Retry} is cleared is re-serialised as
+    ASCII JSON (as L{cuckoodist.messages} writes), which keeps any lone
+    surrogate as an escape too.
     """
     try:
         doc = json.loads(message)
-    except ValueError:
-        return message.encode("utf-8")
-    if isinstance(doc, dict):
-        doc.pop("Retry", None)
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return message.encode("utf-8")
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict) and "Retry" in doc:
+        del doc["Retry"]
+        return json.dumps(doc, separators=(",", ":")).encode("ascii")
+    return message.encode("utf-8", "backslashreplace")
 
 
-async def resubmit(reactor, amqp, dump_dir: str, only_stage: str | None, out=sys.stdout) -> tuple[int, int]:
+@attrs.frozen
+class _Plan:
+    """
+    What a run will publish, and what it skips and why.
+
+    @ivar chosen: C{(path, queue, body)} for each file to resubmit.
+    @ivar skipped: C{(path, reason)}; the reason is C{""} for files of
+        other stages, which are not worth a line each.
+    """
+
+    chosen: list[tuple[str, str, bytes]]
+    skipped: list[tuple[str, str]]
+
+
+def _plan(
+    entries: Iterable[tuple[str, DumpRecord | None, str]],
+    only_stage: str | None,
+    allowed_queues: frozenset[str] | None,
+) -> _Plan:
+    chosen: list[tuple[str, str, bytes]] = []
+    skipped: list[tuple[str, str]] = []
+    for path, record, problem in entries:
+        if record is None:
+            skipped.append((path, problem or "unreadable"))
+        elif only_stage and record.stage != only_stage:
+            skipped.append((path, ""))
+        elif not record.queue:
+            skipped.append((path, "it names no queue"))
+        elif (why := queue_name_problem(record.queue)) is not None:
+            skipped.append((path, f"invalid queue: {why}"))
+        elif allowed_queues is not None and record.queue not in allowed_queues:
+            skipped.append(
+                (path, f"queue {_shown(record.queue)} is not consumed by any configured stage (see --any-queue)")
+            )
+        else:
+            chosen.append((path, record.queue, message_body(record.message)))
+    return _Plan(chosen, skipped)
+
+
+async def resubmit(
+    reactor: Any,
+    amqp: Any,
+    dump_dir: str,
+    only_stage: str | None,
+    out: IO[str] = sys.stdout,
+    *,
+    allowed_queues: frozenset[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[int, int]:
     """
     Resubmit the dump files in C{dump_dir}.
 
+    @param allowed_queues: the only queues messages may go to, or C{None}
+        for any valid queue name.
+    @param timeout: seconds the publish may take, connecting included;
+        files not confirmed by then stay for the next run.
     @return: C{(resubmitted, skipped)}.
+    @raise TimeoutError: when the broker did not confirm everything in
+        time (after the summary line is printed).
     """
-    chosen, skipped = [], 0
-    for path, record, problem in DumpStore(dump_dir):
-        if record is None:
-            print(f"skipped {path}: {problem}", file=out)
-            skipped += 1
-        elif only_stage and record.stage != only_stage:
-            skipped += 1
-        elif not record.queue:
-            print(f"skipped {path}: it names no queue", file=out)
-            skipped += 1
-        else:
-            chosen.append((path, record))
-    total = len(chosen)
+    plan = _plan(DumpStore(dump_dir), only_stage, allowed_queues)
+    for path, reason in plan.skipped:
+        if reason:
+            print(f"skipped {_shown(path)}: {reason}", file=out)
+    total = len(plan.chosen)
     done = 0
 
     def confirmed(index: int) -> None:
         nonlocal done
-        os.unlink(chosen[index][0])
+        os.unlink(plan.chosen[index][0])
         done += 1
         if done == total or done % 50 == 0:
             print(f"resubmitted {done}/{total}", file=out)
 
-    if chosen:
+    failure: str | None = None
+    if plan.chosen:
         connection = AMQPConnectionService(reactor, amqp)
         connection.startService()
+        publishing = Deferred.fromCoroutine(
+            publish_confirmed(connection, [(queue, body) for _, queue, body in plan.chosen], confirmed)
+        )
         try:
-            await publish_confirmed(connection, [(r.queue, _fresh(r.message)) for _, r in chosen], confirmed)
+            await publishing.addTimeout(timeout, reactor)
+        except DeferredTimeout:
+            failure = (
+                f"the broker did not confirm every message within {timeout:g} s; "
+                f"{total - done} file(s) kept for the next run"
+            )
         finally:
-            await connection.stopService()
-    print(f"done: {done} resubmitted, {skipped} skipped", file=out)
-    return done, skipped
+            try:
+                await connection.stopService().addTimeout(_CLOSE_TIMEOUT, reactor)
+            except DeferredTimeout:
+                pass
+    print(f"resubmitted {done}, skipped {len(plan.skipped)}", file=out)
+    if failure is not None:
+        raise TimeoutError(failure)
+    return done, len(plan.skipped)
 
 
 def run(options: ResubmitOptions) -> int:
-    def main(reactor) -> Deferred:
-        return Deferred.fromCoroutine(
-            resubmit(reactor, options["amqp_config"], options["dump_dir"], options["only-stage"])
-        )
+    """
+    Run C{cuckoodist resubmit}; exit 1 when the broker timed out.
+    """
+
+    async def main(reactor: Any) -> None:
+        try:
+            await resubmit(
+                reactor,
+                options["amqp_config"],
+                options["dump_dir"],
+                options["only-stage"],
+                allowed_queues=options["allowed_queues"],
+                timeout=options["timeout"],
+            )
+        except TimeoutError as e:
+            print(f"cuckoodist resubmit: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     try:
-        react(main)
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
     except SystemExit as e:
         return e.code or 0
     return 0

@@ -20,16 +20,34 @@ still gets the GIL every millisecond or so.
 A call the pattern does not take (nested more than five deep, or not a
 dict) is stepped over item by item, and a value too long for one slice is
 built or skipped from its parts, so nothing depends on the whole value
-fitting in memory twice.  The one exception is a string that must be kept
-(in C{info}, a signature, a header): it is decoded in one call, as any
-parser would.
+fitting in memory twice.
+
+Reports are hostile, so nothing here grows with what the report chooses:
+
+  - A value nested deeper than L{_MAX_DEPTH} below where the walk started
+    on it is stepped over with an explicit stack of closing characters
+    (L{_Text.skip_flat}), in flat memory and without recursion; in a piece
+    being built it becomes C{None}.  The rows never look that deep.
+  - A string longer than a slice is decoded only as far as a row can use
+    (L{rows.MAX_STRING} characters and one more, so the collector still
+    sees, cuts and counts it) and the rest is stepped over, block by block.
+  - A kept piece (info, a signature, a network entry, a process header, a
+    long call) is decoded whole only if it fits in a slice; a longer one is
+    walked key by key and only the fields rows read are built
+    (L{rows.PIECES}, L{_Text.pick}), so a signature with millions of marks
+    costs a walk, not millions of objects.  Lists of pieces (signatures,
+    summary lists, network lists, processes) are walked item by item and
+    each item goes to the collector, whose budget decides what is kept.
+    A long call's arguments are built only up to
+    L{rows.MAX_ARGUMENTS_SIZE} (L{_Text.sized}).
+  - Every read checks the caller's stop flag (see L{_guard.check_stop}).
 
 This path only has to be right on what it accepts.  Whatever surprises it
 (invalid or truncated JSON, bad UTF-8, a constant such as C{NaN}, a byte
-order mark, nesting deeper than L{_MAX_DEPTH} in a long value) raises
-L{Fallback}, and the caller starts over with the event-based walker, which
-gives the rows or words the error.  A valid report therefore costs at most
-one extra pass, and an invalid one is refused by the same code as before.
+order mark, a number longer than a slice) raises L{Fallback}, and the caller
+starts over with the event-based walker, which gives the rows or words the
+error.  A valid report therefore costs at most one extra pass, and an
+invalid one is refused by the same code as before.
 """
 
 from __future__ import annotations
@@ -37,10 +55,21 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import threading
 from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterator
 
-from cuckoodist.report.rows import PROCESS_HEADER_KEYS, RowCollector
+from cuckoodist.report._guard import check_stop
+from cuckoodist.report.rows import (
+    MAX_ARGUMENTS_SIZE,
+    MAX_STRING,
+    OVERSIZED,
+    PIECES,
+    PROCESS_HEADER_KEYS,
+    SIZE_DEPTH,
+    RowCollector,
+    arguments_size,
+)
 
 __all__ = ["Fallback", "walk"]
 
@@ -102,13 +131,24 @@ _SEPARATOR = re.compile(r"[ \t\n\r]*+(?:,[ \t\n\r]*+(?=[^\]])|\])")
 
 #: Items matched per C call: a few hundred microseconds of work.
 _RUN = 256
+#: The first slice a list item is read from: items of piece lists are
+#: mostly short (a path, an address), and a hostile list has millions of
+#: them, each of which would otherwise copy a L{_SMALL} slice.
+_TINY = 256
 #: The longest slice the C scanner builds a value from in one call.
 _SLICE = 64 * 1024
 #: A value is read from a small slice first, so small values (nearly all)
 #: do not pay for copying a large one.
 _SMALL = 4 * 1024
-#: The deepest nesting walked in Python before giving up.
+#: The deepest nesting walked recursively; deeper values are stepped over
+#: flat (L{_Text.skip_flat}).
 _MAX_DEPTH = 64
+#: Raw characters of a long string decoded for a row: enough for
+#: C{MAX_STRING + 2} characters even if each is an escaped surrogate pair.
+_LONG = 12 * (MAX_STRING + 2)
+#: A JSON number or literal, for values stepped over flat.
+_SCALAR = re.compile(r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++|)(?:[eE][-+]?+[0-9]++|)"
+                     r"|true|false|null")
 
 
 def _constant(name: str) -> Any:
@@ -133,9 +173,11 @@ class _Text:
     @ivar scan_once: this walk's C{json} scanner.
     """
 
-    def __init__(self, fp: BinaryIO, read_size: int) -> None:
+    def __init__(self, fp: BinaryIO, read_size: int,
+                 stop: threading.Event | None = None) -> None:
         self._fp = fp
         self._read_size = read_size
+        self._stop = stop
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self.scan_once = _scanner()
         self.text = ""
@@ -147,7 +189,9 @@ class _Text:
         Drop the text already walked and append the next block.
 
         @raise Fallback: at the end of the file, or on bad UTF-8.
+        @raise Cancelled: if the stop flag is set.
         """
+        check_stop(self._stop)
         if self.eof:
             raise Fallback("end of file")
         block = self._fp.read(self._read_size)
@@ -193,7 +237,10 @@ class _Text:
             whole = len(window) < size
             try:
                 value, end = self.scan_once(window, 0)
-            except (StopIteration, ValueError, RecursionError):
+            except RecursionError:
+                # Valid or not, it is walked level by level.
+                return None, False
+            except (StopIteration, ValueError):
                 if whole:
                     raise Fallback("invalid value") from None
                 continue
@@ -212,7 +259,8 @@ class _Text:
         if done:
             return value
         if depth > _MAX_DEPTH:
-            raise Fallback("too deep")
+            self.skip_flat()
+            return None
         first = self.text[self.pos]
         if first == "{":
             return {key: self.build(depth + 1) for key in self.entries()}
@@ -222,23 +270,96 @@ class _Text:
             return self._build_string()
         raise Fallback("long scalar")
 
+    def pick(self, spec: Any) -> Any:
+        """
+        @return: the value at L{pos}, decoded whole if it fits in a slice
+            (its size is then bounded), otherwise with only the parts
+            C{spec} names built (see L{rows.PIECES}) and the rest stepped
+            over: a container where C{spec} wants a scalar becomes C{None}.
+        """
+        value, done = self.scan((_TINY, _SMALL, _SLICE))
+        if done:
+            return value
+        first = self.text[self.pos]
+        if first == "{" and type(spec) is dict:
+            picked = {}
+            for key in self.entries():
+                if key in spec:
+                    picked[key] = self.pick(spec[key])
+                else:
+                    self.skip()
+            return picked
+        if first == "[" and type(spec) is int:
+            items = []
+            for _ in self.items():
+                if len(items) < spec:
+                    items.append(self.pick(None))
+                else:
+                    self.skip()
+            return items
+        if first == "{" or first == "[":
+            self.skip()
+            return None
+        return self.build()
+
+    def sized(self, room: int, depth: int = 0) -> tuple[Any, int]:
+        """
+        Build the value at L{pos} like L{build}, counting its size as
+        L{rows.arguments_size} does, and stop building once the size passes
+        C{room}: the rest is stepped over.
+
+        @param depth: the level of the value in the one being measured.
+        @return: the value (or L{rows.OVERSIZED}) and its size as counted
+            (more than C{room} if oversized).
+        """
+        value, done = self.scan()
+        if done:
+            return value, arguments_size(value, room, depth)
+        first = self.text[self.pos]
+        if first == '"':
+            value = self._build_string()
+            return value, min(len(value), MAX_STRING) + 1
+        if depth >= SIZE_DEPTH and first in "{[":
+            self.skip_flat()
+            return None, 1
+        if first == "{":
+            members: Any = {}
+            keys = self.entries()
+        elif first == "[":
+            members = []
+            keys = self.items()
+        else:
+            raise Fallback("long scalar")
+        size = 1
+        for key in keys:
+            if size > room:
+                self.skip()
+                continue
+            if first == "{":
+                size += min(len(key), MAX_STRING) + 1
+            item, counted = self.sized(room - size, depth + 1)
+            size += counted
+            if first == "{":
+                members[key] = item
+            else:
+                members.append(item)
+        return (OVERSIZED if size > room else members), size
+
     def _build_string(self) -> str:
         """
-        Decode a string longer than a slice: find its end (reading on as
-        needed, the window then grows to hold it), then decode it in one go
-        like any value of that size would be.
+        Decode a string longer than a slice, but only its first
+        C{MAX_STRING + 1} characters: the collector cuts it to
+        C{MAX_STRING} and counts it, as it would a whole one.  The rest is
+        stepped over, so a 600 MB string costs a window, not 600 MB.
         """
-        checked = self.pos + 1
-        while True:
-            checked = _STRING_BODY.match(self.text, checked).end()
-            if checked < len(self.text) and self.text[checked] == '"':
-                break
-            if len(self.text) - checked > 6 or self.eof:
-                raise Fallback("bad string")
-            checked -= self.pos
+        while len(self.text) - self.pos < _LONG + 2 and not self.eof:
             self.fill()
-        value, self.pos = self.scan_once(self.text, self.pos)
-        return value
+        start = self.pos + 1
+        # Stop at the closing quote, or before an escape the cut would split.
+        head = _STRING_BODY.match(self.text, start, start + _LONG).end()
+        value, _ = self.scan_once('"' + self.text[start:head] + '"', 0)
+        self._skip_string()
+        return value[:MAX_STRING + 1]
 
     def skip(self, depth: int = 0) -> None:
         """
@@ -251,18 +372,86 @@ class _Text:
         if done:
             return
         if depth > _MAX_DEPTH:
-            raise Fallback("too deep")
+            self.skip_flat()
+            return
         first = self.text[self.pos]
         if first == "{":
             for _ in self.entries():
                 self.skip(depth + 1)
         elif first == "[":
-            for _ in self.items():
-                self.skip(depth + 1)
+            self._skip_items(depth)
         elif first == '"':
             self._skip_string()
         elif not self.scan((_SLICE,))[1]:
             raise Fallback("long scalar")
+
+    def _skip_items(self, depth: int) -> None:
+        """
+        Step over the array at L{pos}: runs of dict items (a signature's
+        marks) go by in C (L{count_dict_items}), anything else one item at
+        a time.
+        """
+        if not self._opened("[", "]"):
+            return
+        while True:
+            if self.skip_ws() == "{":
+                _, closed = self.count_dict_items()
+                if closed:
+                    self.pos += 1
+                    return
+            self.skip(depth + 1)
+            if self._closed("]"):
+                return
+
+    def skip_flat(self) -> None:
+        """
+        Check and step over the value at L{pos} however deep it nests: the
+        open containers are a list of their closing characters, not Python
+        frames, and no C call sees more than one token.  Slower per byte
+        than L{skip}, so it is kept for what is nested too deep for that.
+        """
+        closers: list[str] = []
+        while True:
+            char = self.skip_ws()
+            if char == "{" or char == "[":
+                closer = "}" if char == "{" else "]"
+                if self._opened(char, closer):
+                    closers.append(closer)
+                    if closer == "}":
+                        self._skip_key()
+                    continue
+            elif char == '"':
+                self._skip_string()
+            else:
+                self._skip_scalar()
+            # A value ended: so do the containers whose last value it was.
+            while closers:
+                if not self._closed(closers[-1]):
+                    if closers[-1] == "}":
+                        self._skip_key()
+                    break
+                closers.pop()
+            else:
+                return
+
+    def _skip_key(self) -> None:
+        if self.skip_ws() != '"':
+            raise Fallback("expected a key")
+        self._skip_string()
+        self.expect(":")
+
+    def _skip_scalar(self) -> None:
+        while True:
+            match = _SCALAR.match(self.text, self.pos)
+            if match is None:
+                raise Fallback("invalid value")
+            if match.end() < len(self.text) or self.eof:
+                self.pos = match.end()
+                return
+            # The number may go on in the next block.
+            if len(self.text) - self.pos > _SLICE:
+                raise Fallback("long scalar")
+            self.fill()
 
     def _skip_string(self) -> None:
         self.pos += 1
@@ -361,7 +550,7 @@ class _Text:
 
 
 def _keep_run(text: _Text, kept: list[tuple[str, dict]], room: int,
-              row: Callable[[dict, int], tuple[str, dict]]) -> bool:
+              row: Callable[[dict, int, bool], tuple[str, dict]]) -> bool:
     """
     Decode the run of dict calls at L{_Text.pos}, turn each into its row
     with C{row} (L{RowCollector.api_call}) and add that to C{kept}, up to
@@ -386,13 +575,35 @@ def _keep_run(text: _Text, kept: list[tuple[str, dict]], room: int,
         after = separator(source, end)
         if after is None:
             break
-        kept.append(row(call, len(kept)))
+        # A call no longer than MAX_STRING holds no string that is.
+        kept.append(row(call, len(kept), end - pos <= MAX_STRING))
         pos = after.end()
         if source[pos - 1] == "]":
             text.pos = pos
             return True
     text.pos = pos
     return False
+
+
+def _long_call(text: _Text) -> Any:
+    """
+    @return: the call at L{_Text.pos}, with only the fields its row reads,
+        and its arguments built only as far as L{rows.MAX_ARGUMENTS_SIZE}
+        (or L{rows.OVERSIZED}); any other item, as L{_Text.pick} gives it.
+    """
+    value, done = text.scan()
+    if done or text.text[text.pos] != "{":
+        return value if done else text.pick(None)
+    call = {}
+    fields = PIECES["call"]
+    for key in text.entries():
+        if key == "arguments":
+            call[key] = text.sized(MAX_ARGUMENTS_SIZE)[0]
+        elif key in fields:
+            call[key] = text.pick(None)
+        else:
+            text.skip()
+    return call
 
 
 def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
@@ -421,7 +632,7 @@ def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
                 continue
             # An item the quick loop does not take: not a dict, long, or
             # cut by the end of the window.
-            call = text.build()
+            call = _long_call(text)
             if type(call) is dict:
                 kept.append(row(call, len(kept)))
                 seen += 1
@@ -450,7 +661,26 @@ def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
             raise Fallback("expected , or ]")
 
 
+def _small_process(process: dict, collector: RowCollector) -> None:
+    """
+    A process read whole (it fits in a small slice), handed over as the
+    plain extractor does: a hostile list of millions of small processes
+    then costs one C call each.
+    """
+    calls = process.get("calls")
+    dict_calls = ([call for call in calls if type(call) is dict]
+                  if type(calls) is list else [])
+    room = collector.call_room
+    collector.add_process_rows(
+        process, [collector.api_call(call, index) for index, call in enumerate(dict_calls[:room])],
+        len(dict_calls))
+
+
 def _process(text: _Text, collector: RowCollector) -> None:
+    process, done = text.scan((_TINY, _SMALL))
+    if done and type(process) is dict:
+        _small_process(process, collector)
+        return
     header: dict[str, Any] = {}
     kept: list[tuple[str, dict]] = []
     seen = 0
@@ -458,7 +688,7 @@ def _process(text: _Text, collector: RowCollector) -> None:
         if key == "calls" and text.skip_ws() == "[":
             seen += _calls(text, kept, collector.call_room, collector.api_call)
         elif key in PROCESS_HEADER_KEYS:
-            header[key] = text.build()
+            header[key] = text.pick(None)
         else:
             text.skip()
     collector.add_process_rows(header, kept, seen)
@@ -475,53 +705,66 @@ def _behavior(text: _Text, collector: RowCollector) -> None:
                     text.skip()
         elif key == "summary" and first == "{":
             for name in text.entries():
-                if collector.wants_summary(name):
-                    collector.add_summary(name, text.build())
+                if collector.wants_summary(name) and text.skip_ws() == "[":
+                    _summary(text, collector, name)
                 else:
                     text.skip()
         else:
             text.skip()
 
 
+def _summary(text: _Text, collector: RowCollector, name: str) -> None:
+    """
+    Hand a summary list to the collector item by item, so a list of
+    millions of paths is never held (a pair is read as a short list).
+    """
+    spec = PIECES["pair"] if collector.pairs(name) else None
+    for _ in text.items():
+        collector.add_summary_item(name, text.pick(spec))
+
+
 def _network(text: _Text, collector: RowCollector) -> None:
-    adders = {"hosts": collector.add_host, "domains": collector.add_domain,
-              "http": collector.add_http}
+    adders = {"hosts": (collector.add_host, PIECES["host"]),
+              "domains": (collector.add_domain, PIECES["domain"]),
+              "http": (collector.add_http, PIECES["http"])}
     for key in text.entries():
         add = adders.get(key)
         if add is not None and text.skip_ws() == "[":
             for _ in text.items():
-                add(text.build())
+                add[0](text.pick(add[1]))
         else:
             text.skip()
 
 
-def walk(fp: BinaryIO, collector: RowCollector, read_size: int) -> None:
+def walk(fp: BinaryIO, collector: RowCollector, read_size: int,
+         stop: threading.Event | None = None) -> None:
     """
     Walk the whole report, handing its pieces to C{collector}.
 
     @param read_size: bytes per file read.
+    @param stop: checked at every read; once set, the walk ends.
     @raise Fallback: if the report is anything but plain valid JSON this
         path can vouch for; C{collector} is then half filled and must be
         thrown away.
+    @raise Cancelled: if C{stop} was set.
     """
-    text = _Text(fp, read_size)
-    first = text.skip_ws()
-    if first != "{":
-        text.skip()
-    else:
-        for key in text.entries():
-            collector.evidence.top_key(key)
-            kind = text.skip_ws()
-            if key == "info":
-                collector.set_info(text.build())
-            elif key == "signatures" and kind == "[":
-                for _ in text.items():
-                    collector.add_signature(text.build())
-            elif key == "behavior" and kind == "{":
-                _behavior(text, collector)
-            elif key == "network" and kind == "{":
-                _network(text, collector)
-            else:
-                text.skip()
+    text = _Text(fp, read_size, stop)
+    if text.skip_ws() != "{":
+        # Not a report; the event walk says why.
+        raise Fallback("not a JSON object")
+    for key in text.entries():
+        collector.evidence.top_key(key)
+        kind = text.skip_ws()
+        if key == "info":
+            collector.set_info(text.pick(PIECES["info"]))
+        elif key == "signatures" and kind == "[":
+            for _ in text.items():
+                collector.add_signature(text.pick(PIECES["signature"]))
+        elif key == "behavior" and kind == "{":
+            _behavior(text, collector)
+        elif key == "network" and kind == "{":
+            _network(text, collector)
+        else:
+            text.skip()
     if text.skip_ws() != "":
         raise Fallback("trailing data")

@@ -32,8 +32,18 @@ when the file is anything but plain valid JSON, or the text walk meets a
 shape it will not build in one short C call, the file is rewound and read
 again by the event walk, which gives the rows or words the error.
 
+The event walk cannot skip what it is not asked for (yajl buffers whole
+strings, ijson keeps a prefix per open container, so nesting costs memory in
+the square of its depth); a L{Guard} checks each block before ijson sees
+it and refuses a report past its bounds.  Kept pieces are built field by
+field (L{_pick}, L{cuckoodist.report.rows.PIECES}) and lists of them item by
+item, so a piece of millions of small values is walked, not built; a kept
+call, which C builds whole, is refused past L{_CALL_BYTES_MAX} of report
+text (the text walk, which reads such a call, bounds it instead).
+
 The function is synchronous and keeps no state outside its own call, so the
-stage runs it in a worker thread on a spooled temporary file.
+stage runs it in a worker thread on a spooled temporary file.  It checks a
+stop flag at every read, so the thread ends soon after the stage asks.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from collections import deque
 from functools import partial
 from operator import countOf, ne
 from itertools import islice, takewhile
+import threading
 from typing import Any, BinaryIO, Iterator
 
 import ijson
@@ -49,15 +60,17 @@ from ijson.backends import yajl2_c
 from ijson.utils import sendable_list
 
 from cuckoodist.errors import PermanentError
+from cuckoodist.report._guard import Cancelled, Guard, check_stop
 from cuckoodist.report._text import Fallback, walk
 from cuckoodist.report.rows import (
+    PIECES,
     PROCESS_HEADER_KEYS,
     ExtractOptions,
     Extraction,
     RowCollector,
 )
 
-__all__ = ["extract_results"]
+__all__ = ["Cancelled", "extract_results"]
 
 Event = tuple[str, str, Any]
 
@@ -82,21 +95,34 @@ _READ_SIZE = 1024 * 1024
 class _BlockReader:
     """
     Serves ijson's small reads from large file reads (see L{_READ_SIZE}).
-    Slicing bytes in memory never releases the GIL.
+    Slicing bytes in memory never releases the GIL.  Each block passes the
+    L{Guard} and the stop flag first.
     """
 
-    def __init__(self, fp: BinaryIO) -> None:
+    def __init__(self, fp: BinaryIO, stop: threading.Event | None = None) -> None:
         self._fp = fp
+        self._stop = stop
+        self._guard = Guard()
         self._block = b""
         self._pos = 0
+        self.served = 0
 
     def read(self, size: int) -> bytes:
         if self._pos >= len(self._block):
+            check_stop(self._stop)
             self._block = self._fp.read(_READ_SIZE)
+            self._guard.feed(self._block)
             self._pos = 0
         data = self._block[self._pos:self._pos + size]
         self._pos += len(data)
+        self.served += len(data)
         return data
+#: The most report bytes one kept call (or any item of a call list) may
+#: span while C builds it.  A call of tiny values costs up to about twenty
+#: times its text in objects; real calls are well under a kilobyte.
+_CALL_BYTES_MAX = 2 * 1024 * 1024
+
+
 #: Events handled per C loop: about a millisecond, between which the GIL can
 #: pass to the reactor thread and the call cap is checked.
 _CHUNK = 1 << 14
@@ -108,24 +134,11 @@ _NETWORK_LISTS = ("hosts", "domains", "http")
 _DONE = object()
 
 
-def _feed(consume: Any, events: Iterator[Event]) -> None:
-    """
-    Pass every event of C{events} to C{consume} (a C callable), in C, but
-    in slices: a long C loop never checks the GIL switch request, so it
-    would stall the reactor thread for its whole duration.  Each slice is
-    about a millisecond of work.
-    """
-    while True:
-        deque(map(consume, islice(events, _CHUNK)), maxlen=0)
-        event = next(events, _DONE)
-        if event is _DONE:
-            return
-        consume(event)
-
-
 def _drain(events: Iterator[Event]) -> None:
     """
-    Consume C{events} in C, in slices (see L{_feed}).
+    Consume C{events} in C, in slices: a long C loop never checks the GIL
+    switch request, so it would stall the reactor thread for its whole
+    duration.  Each slice is about a millisecond of work.
     """
     while True:
         deque(islice(events, _CHUNK), maxlen=0)
@@ -135,7 +148,7 @@ def _drain(events: Iterator[Event]) -> None:
 
 def _count(events: Iterator[Event], wanted: Event) -> int:
     """
-    Consume C{events} in C, in slices (see L{_feed}), counting those equal
+    Consume C{events} in C, in slices (see L{_drain}), counting those equal
     to C{wanted}.
     """
     total = 0
@@ -165,26 +178,39 @@ def _skip(events: Iterator[Event], first: Event) -> None:
         _drain(takewhile(partial(ne, end), events))
 
 
-def _build(events: Iterator[Event], first: Event) -> Any:
+def _pick(events: Iterator[Event], first: Event, spec: Any) -> Any:
     """
-    Build the value that starts with C{first} into Python objects, in C.
+    Build only the parts of the value starting with C{first} that C{spec}
+    names (see L{cuckoodist.report.rows.PIECES}) and skip the rest, so no
+    piece is built whole: a container where C{spec} wants a scalar becomes
+    C{None}, as in the text walk.
     """
-    end = _end_of(first)
-    if end is None:
-        return first[2]
-    sink = sendable_list()
-    builder = yajl2_c.items_basecoro(sink, first[0])
-    builder.send(first)
-    _feed(builder.send, takewhile(partial(ne, end), events))
-    builder.send(end)
-    return sink[0]
+    kind = first[1]
+    if kind == "start_map" and type(spec) is dict:
+        picked = {}
+        for key, value in _entries(events):
+            if key in spec:
+                picked[key] = _pick(events, value, spec[key])
+            else:
+                _skip(events, value)
+        return picked
+    if kind == "start_array" and type(spec) is int:
+        items = []
+        for item in _items(events):
+            if len(items) < spec:
+                items.append(_pick(events, item, None))
+            else:
+                _skip(events, item)
+        return items
+    _skip(events, first)
+    return None if kind in _ENDS else first[2]
 
 
 def _entries(events: Iterator[Event]) -> Iterator[tuple[str, Event]]:
     """
     Iterate over the entries of the map whose C{start_map} was just read,
     giving each key and the first event of its value.  The caller must
-    consume each value (L{_skip} or L{_build}) before asking for the next.
+    consume each value (L{_skip} or L{_pick}) before asking for the next.
     """
     for _, event, key in events:
         if event != "map_key":
@@ -204,13 +230,29 @@ def _items(events: Iterator[Event]) -> Iterator[Event]:
         yield first
 
 
-def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
+def _check_call(reader: _BlockReader, mark: int) -> None:
     """
-    Consume one process's call list after its C{start_array}.
+    @raise PermanentError: if the item being built began more than
+        L{_CALL_BYTES_MAX} bytes before the reader's position C{mark}.
+    """
+    if reader.served - mark > _CALL_BYTES_MAX:
+        raise PermanentError(
+            f"report holds an API call longer than {_CALL_BYTES_MAX} bytes where it "
+            "cannot be bounded (the report is also not plain valid JSON)")
+
+
+def _calls(events: Iterator[Event], collector: RowCollector, room: int,
+           reader: _BlockReader) -> tuple[list, int]:
+    """
+    Consume one process's call list after its C{start_array}, turning each
+    kept call into its row (L{RowCollector.api_call}) as soon as it is
+    built.
 
     @param room: how many calls may still be kept.
-    @return: the first (at most C{room}) dict calls, and how many dict calls
-        the list holds.
+    @return: the rows of the first (at most C{room}) dict calls, and how
+        many dict calls the list holds.
+    @raise PermanentError: if a call being built spans more than
+        L{_CALL_BYTES_MAX} bytes.
     """
     calls = takewhile(_NOT_END_CALLS, events)
     if room <= 0:
@@ -218,18 +260,23 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
     sink = sendable_list()
     builder = yajl2_c.items_basecoro(sink, _CALL)
     push = builder.send
-    kept: list[dict] = []
+    kept: list = []
     seen = 0
+    mark = reader.served
     while True:
         pushed = deque(map(push, islice(calls, _CHUNK)), maxlen=1)
+        if sink:
+            mark = reader.served
         built = [call for call in sink if type(call) is dict]
         del sink[:]
         seen += len(built)
-        kept.extend(built[:room - len(kept)])
+        for call in built[:room - len(kept)]:
+            kept.append(collector.api_call(call, len(kept)))
         if not pushed:
             return kept, seen
         if len(kept) >= room:
             break
+        _check_call(reader, mark)
     # The cap is reached: finish the call being built (if any), then only
     # count the calls that follow.
     for event in calls:
@@ -237,41 +284,51 @@ def _calls(events: Iterator[Event], room: int) -> tuple[list[dict], int]:
             seen += 1 + _count(calls, _START_CALL)
             break
         push(event)
+        _check_call(reader, mark)
     seen += sum(1 for call in sink if type(call) is dict)
     return kept, seen
 
 
-def _process(events: Iterator[Event], collector: RowCollector) -> None:
+def _process(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
     """
     Consume one process dict after its C{start_map}.
     """
     header: dict[str, Any] = {}
-    kept: list[dict] = []
+    kept: list = []
     seen = 0
     for key, first in _entries(events):
         if key == "calls" and first[1] == "start_array":
-            more, count = _calls(events, collector.call_room - len(kept))
+            more, count = _calls(events, collector, collector.call_room - len(kept), reader)
             kept.extend(more)
             seen += count
         elif key in PROCESS_HEADER_KEYS:
-            header[key] = _build(events, first)
+            header[key] = _pick(events, first, None)
         else:
             _skip(events, first)
-    collector.add_process(header, kept, seen)
+    collector.add_process_rows(header, kept, seen)
 
 
-def _behavior(events: Iterator[Event], collector: RowCollector) -> None:
+def _summary(events: Iterator[Event], collector: RowCollector, name: str) -> None:
+    """
+    Hand a summary list to the collector item by item.
+    """
+    spec = PIECES["pair"] if collector.pairs(name) else None
+    for item in _items(events):
+        collector.add_summary_item(name, _pick(events, item, spec))
+
+
+def _behavior(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
     for key, first in _entries(events):
         if key == "processes" and first[1] == "start_array":
             for item in _items(events):
                 if item[1] == "start_map":
-                    _process(events, collector)
+                    _process(events, collector, reader)
                 else:
                     _skip(events, item)
         elif key == "summary" and first[1] == "start_map":
             for name, value in _entries(events):
-                if collector.wants_summary(name):
-                    collector.add_summary(name, _build(events, value))
+                if collector.wants_summary(name) and value[1] == "start_array":
+                    _summary(events, collector, name)
                 else:
                     _skip(events, value)
         else:
@@ -279,32 +336,34 @@ def _behavior(events: Iterator[Event], collector: RowCollector) -> None:
 
 
 def _network(events: Iterator[Event], collector: RowCollector) -> None:
-    adders = {"hosts": collector.add_host, "domains": collector.add_domain,
-              "http": collector.add_http}
+    adders = {"hosts": (collector.add_host, PIECES["host"]),
+              "domains": (collector.add_domain, PIECES["domain"]),
+              "http": (collector.add_http, PIECES["http"])}
     for key, first in _entries(events):
         add = adders.get(key)
         if add is not None and first[1] == "start_array":
             for item in _items(events):
-                add(_build(events, item))
+                add[0](_pick(events, item, add[1]))
         else:
             _skip(events, first)
 
 
-def _document(events: Iterator[Event], collector: RowCollector) -> None:
+def _document(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
     first = next(events)
     if first[1] != "start_map":
-        _skip(events, first)
-        return
+        # Whatever follows it, a document that is not an object is no
+        # Cuckoo report (and yajl lets some invalid ones through here).
+        raise PermanentError("report is not a JSON object")
     for key, value in _entries(events):
         collector.evidence.top_key(key)
         kind = value[1]
         if key == "info":
-            collector.set_info(_build(events, value))
+            collector.set_info(_pick(events, value, PIECES["info"]))
         elif key == "signatures" and kind == "start_array":
             for item in _items(events):
-                collector.add_signature(_build(events, item))
+                collector.add_signature(_pick(events, item, PIECES["signature"]))
         elif key == "behavior" and kind == "start_map":
-            _behavior(events, collector)
+            _behavior(events, collector, reader)
         elif key == "network" and kind == "start_map":
             _network(events, collector)
         else:
@@ -322,14 +381,16 @@ def _reason(error: Exception) -> str:
     return str(message).strip().splitlines()[0][:200] if str(message).strip() else "error"
 
 
-def _extract_events(fp: BinaryIO, options: ExtractOptions) -> Extraction:
+def _extract_events(fp: BinaryIO, options: ExtractOptions,
+                    stop: threading.Event | None) -> Extraction:
     """
     The event-based walk described above; see L{extract_results}.
     """
     collector = RowCollector(options)
-    events = ijson.parse(_BlockReader(fp), buf_size=_BUFFER_SIZE, use_float=True)
+    reader = _BlockReader(fp, stop)
+    events = ijson.parse(reader, buf_size=_BUFFER_SIZE, use_float=True)
     try:
-        _document(events, collector)
+        _document(events, collector, reader)
         # Reading on makes yajl report truncation and trailing garbage.
         _drain(events)
     except (ijson.JSONError, UnicodeDecodeError) as error:
@@ -339,7 +400,8 @@ def _extract_events(fp: BinaryIO, options: ExtractOptions) -> Extraction:
     return collector.finish()
 
 
-def extract_results(fp: BinaryIO, options: ExtractOptions) -> Extraction:
+def extract_results(fp: BinaryIO, options: ExtractOptions,
+                    stop: threading.Event | None = None) -> Extraction:
     """
     Extract CRITs rows from a report file in one streaming pass.
 
@@ -351,18 +413,24 @@ def extract_results(fp: BinaryIO, options: ExtractOptions) -> Extraction:
 
     @param fp: the report, opened in binary mode and positioned at its start.
     @param options: what to extract.
+    @param stop: checked at every block read (about every 10 ms of work);
+        once it is set the extraction ends with L{Cancelled}.
     @return: the same L{Extraction} as
-        L{cuckoodist.report.plain.extract_results_plain} on the decoded file.
+        L{cuckoodist.report.plain.extract_results_plain} on the decoded file,
+        with the same strings cut and values left out (see
+        L{cuckoodist.report.rows}).
     @raise PermanentError: if the file is not one complete JSON document
-        (garbage, truncation, bad UTF-8, trailing data).
+        (garbage, truncation, bad UTF-8, trailing data), or is not one the
+        text walk reads and breaks the event walk's bounds (L{Guard}).
+    @raise Cancelled: if C{stop} was set.
     """
     if fp.seekable():
         start = fp.tell()
         collector = RowCollector(options)
         try:
-            walk(fp, collector, _READ_SIZE)
+            walk(fp, collector, _READ_SIZE, stop)
         except Fallback:
             fp.seek(start)
         else:
             return collector.finish()
-    return _extract_events(fp, options)
+    return _extract_events(fp, options, stop)

@@ -13,11 +13,35 @@ Each row subtype always carries the same C{extra} keys, because CRITs builds
 a table's columns from the first row of a subtype.  Values of the wrong type
 are replaced by an empty value or the entry is skipped; nothing here raises
 on report content.
+
+Reports are hostile, so what reaches a row is bounded here too, once for
+all three extractors: a string longer than L{MAX_STRING} is cut to that
+length, and a call argument nesting deeper than L{MAX_NESTING} is left out
+(C{None}).  Both are counted, so the analyst can be told the results are
+not the whole story.  (The readers have their own, wider caps for what they
+build; see L{cuckoodist.report._text} and L{cuckoodist.report._guard}.)
+
+What a report can make us keep is bounded too, because a hostile report of
+millions of small values (a summary list, network hosts, processes) would
+otherwise become millions of rows held in memory and posted to CRITs:
+
+  - each subtype keeps at most L{ExtractOptions.rows_max} rows, and all rows
+    together at most L{ExtractOptions.kept_bytes_max} bytes by L{_cost}, a
+    conservative estimate of their memory; rows past either are left out and
+    counted in L{Extraction.rows_dropped};
+  - a call whose arguments are larger than L{MAX_ARGUMENTS_SIZE} (by
+    L{arguments_size}, which never exceeds the arguments' JSON text length)
+    keeps no arguments, counted in L{Extraction.values_skipped}.
+
+The decisions are made here, on values, so all three readers agree; the
+streaming readers only have to make sure they never build a value much
+larger than these bounds before handing it over.
 """
 
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -32,7 +56,37 @@ __all__ = [
     "RowCollector",
     "PROCESS_HEADER_KEYS",
     "SUMMARY_SUBTYPES",
+    "MAX_STRING",
+    "MAX_NESTING",
+    "MAX_ARGUMENTS_SIZE",
+    "SIZE_DEPTH",
+    "arguments_size",
+    "OVERSIZED",
+    "PIECES",
 ]
+
+#: The longest string a row carries, in characters.  CRITs shows rows in
+#: tables; a longer string is a hostile report or a buffer dump, and cutting
+#: it keeps the request bodies and our memory bounded.
+MAX_STRING = 64 * 1024
+#: How deeply a call argument's value may nest (levels of lists and dicts)
+#: and still be posted.  CRITs reads rows back with C{ast.literal_eval},
+#: whose parser has its own small nesting limit; real arguments nest two or
+#: three levels.
+MAX_NESTING = 16
+#: The largest size (L{arguments_size}) of one call's arguments that is
+#: posted; larger ones are left out whole.  Real calls are a few hundred
+#: characters; 1 Mi also bounds what a streaming reader builds for one call.
+MAX_ARGUMENTS_SIZE = 1024 * 1024
+#: L{arguments_size} counts a container nested deeper than this as one
+#: value without looking inside, as the text walk does not build deeper.
+SIZE_DEPTH = 64
+#: Estimated bytes of one row without its text (the row, its C{extra} dict),
+#: and of one call argument (its C{{"name", "value"}} dict) or one value
+#: inside an argument.  Measured: 64 + 184 bytes, 232 bytes, 8 to 60 bytes.
+_ROW_BYTES = 320
+_ARGUMENT_BYTES = 256
+_VALUE_BYTES = 64
 
 #: The parsers a stage may enable.
 PARSERS = frozenset({"info", "signatures", "behavior", "network"})
@@ -79,11 +133,19 @@ class ExtractOptions:
         the first calls are the interesting ones.
     @ivar task_id: the Cuckoo task id, used as C{analysis_id} when the report
         does not say.
+    @ivar rows_max: how many rows of one subtype to keep at most.  A real
+        report gives a few thousand rows in all; a million would be a
+        hostile report, and more than CRITs can show.
+    @ivar kept_bytes_max: how many bytes (estimated by L{_cost}) all kept
+        rows may hold together, so a report cannot make the parse hold more
+        than this whatever its rows look like.
     """
 
     parsers: frozenset[str]
     api_calls_max: int = 5000
     task_id: int | None = None
+    rows_max: int = 50_000
+    kept_bytes_max: int = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -97,11 +159,21 @@ class Extraction:
         Domain, HTTP Request, User-Agent), each group in report order.
     @ivar api_calls_seen: how many calls the report holds in total, so the
         caller can say "N of M pushed".
+    @ivar values_truncated: how many strings were cut to L{MAX_STRING}.
+    @ivar values_skipped: how many call argument values were left out
+        because they nest deeper than L{MAX_NESTING}, or calls' arguments
+        because they are larger than L{MAX_ARGUMENTS_SIZE}.
+    @ivar rows_dropped: how many rows were left out because their subtype
+        already had L{ExtractOptions.rows_max} rows or all rows together
+        L{ExtractOptions.kept_bytes_max} bytes.
     """
 
     format: str
     rows: tuple[ResultRow, ...]
     api_calls_seen: int
+    values_truncated: int = 0
+    values_skipped: int = 0
+    rows_dropped: int = 0
 
 
 def _int(value: Any) -> int | None:
@@ -115,6 +187,126 @@ def _int(value: Any) -> int | None:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+#: Types a value bound check can pass as they are.
+_NUMBERS = frozenset({int, float, bool, type(None)})
+#: Types of argument values that cannot nest.
+_SCALARS = _NUMBERS | {str}
+_VALUE = itemgetter("value")
+
+
+def _deeper_than(value: Any, room: int) -> bool:
+    """
+    Whether C{value} nests more than C{room} levels of lists and dicts.
+    Iterative, so no value can exhaust the stack.
+    """
+    level = [value]
+    while level:
+        if room <= 0:
+            return True
+        room -= 1
+        level = [item for container in level
+                 for item in (container.values() if type(container) is dict else container)
+                 if type(item) is dict or type(item) is list]
+    return False
+
+
+class _Oversized:
+    """
+    The type of L{OVERSIZED}.
+    """
+
+    def __repr__(self) -> str:
+        return "OVERSIZED"
+
+
+#: What a streaming reader hands over, as a call's arguments, instead of
+#: arguments it stopped building once they passed L{MAX_ARGUMENTS_SIZE}.
+OVERSIZED = _Oversized()
+
+#: The parts of each report piece that rows (and format detection) read,
+#: for readers that must not build a whole piece: a dict names the keys
+#: read (and what is read of their values), C{None} a scalar (a container
+#: there counts as C{None}: every reader of these fields treats both alike),
+#: an C{int} n the first n items of a list, as scalars.
+PIECES: Mapping[str, Any] = {
+    "info": {"machine": {"name": None}, "id": None, "started": None, "ended": None,
+             "version": None},
+    "signature": {"description": None, "name": None, "severity": None},
+    "host": {"ip": None},
+    "domain": {"domain": None, "ip": None},
+    "http": {"uri": None, "user-agent": None, **{key: None for key in _HTTP_EXTRA}},
+    # A pair is a list of exactly two strings; three items tell it is not.
+    "pair": 3,
+    "call": {key: None for key in ("api", "category", "status", "return", "return_value",
+                                   "timestamp", "time", "thread_id", "tid", "repeated",
+                                   "id")},
+}
+
+
+def arguments_size(value: Any, limit: int = MAX_ARGUMENTS_SIZE, depth: int = 0) -> int:
+    """
+    The size of a call's arguments: one for each value, plus the length of
+    each string (at most L{MAX_STRING}, as strings are cut) and key.  It is
+    never more than the value's JSON text length, so a call whose text is
+    shorter than L{MAX_ARGUMENTS_SIZE} needs no count.  Containers deeper
+    than L{SIZE_DEPTH} count one.  Breadth first and iterative; it stops as
+    soon as the size passes C{limit}.
+
+    @param depth: the nesting level of C{value} itself, for a reader that
+        counts a piece of a larger value.
+    """
+    if value is OVERSIZED:
+        return limit + 1
+    total = 0
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind is str:
+                total += min(len(item), MAX_STRING) + 1
+                continue
+            total += 1
+            if depth >= SIZE_DEPTH:
+                continue
+            if kind is dict:
+                total += sum(min(len(key), MAX_STRING) + 1 for key in item)
+                below.extend(item.values())
+            elif kind is list:
+                below.extend(item)
+        if total > limit:
+            return total
+        level = below
+        depth += 1
+    return total
+
+
+def _weight(value: Any) -> int:
+    """
+    Estimated bytes of a kept argument value: its strings' lengths and
+    L{_VALUE_BYTES} for each value inside a container.
+    """
+    if type(value) is str:
+        return len(value)
+    if type(value) is not dict and type(value) is not list:
+        return 0
+    total = 0
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if type(item) is str:
+                total += len(item)
+            elif type(item) is dict:
+                total += sum(map(len, item)) + _VALUE_BYTES * len(item)
+                below.extend(item.values())
+            elif type(item) is list:
+                total += _VALUE_BYTES * len(item)
+                below.extend(item)
+        level = below
+    return total
 
 
 def _scalar(value: Any) -> str | int | None:
@@ -272,6 +464,72 @@ class RowCollector:
         self._dates: dict[int, str] = {}
         self.evidence = FormatEvidence()
         self.api_calls_seen = 0
+        self.values_truncated = 0
+        self.values_skipped = 0
+        self.rows_dropped = 0
+        self._bytes_left = options.kept_bytes_max
+        self._calls_admitted = 0
+
+    # -- bounds ------------------------------------------------------------
+
+    def _text(self, value: Any) -> str:
+        """
+        L{_str}, cut to L{MAX_STRING} (and counted) if longer.
+        """
+        if not isinstance(value, str):
+            return ""
+        if len(value) <= MAX_STRING:
+            return value
+        self.values_truncated += 1
+        return value[:MAX_STRING]
+
+    def _bounded(self, value: Any, room: int = MAX_NESTING) -> Any:
+        """
+        C{value} with its strings (keys included) cut to L{MAX_STRING}, or
+        C{None} if it nests more than C{room} levels deep.  Each cut string
+        and each value left out counts once.
+        """
+        kind = type(value)
+        if kind in _NUMBERS:
+            return value
+        if kind is str:
+            return self._text(value)
+        if kind is not dict and kind is not list:
+            return value
+        if room <= 0 or _deeper_than(value, room):
+            self.values_skipped += 1
+            return None
+        if kind is list:
+            return [self._bounded(item, room - 1) for item in value]
+        return {self._text(key): self._bounded(item, room - 1)
+                for key, item in value.items()}
+
+    def _admit(self, kept: int, cost: int) -> bool:
+        """
+        Charge one row of C{cost} bytes (see L{_ROW_BYTES}) to the budget,
+        if its subtype, which already keeps C{kept} rows, and the bytes left
+        allow.
+
+        @return: whether the row may be kept; if not, it is counted.
+        """
+        if kept >= self._options.rows_max or cost > self._bytes_left:
+            self.rows_dropped += 1
+            return False
+        self._bytes_left -= cost
+        return True
+
+    def _add(self, row: ResultRow, cost: int = 0) -> bool:
+        """
+        Keep C{row} if the budget allows (see L{_admit}).
+
+        @param cost: the bytes its C{extra} holds beyond its text.
+        @return: whether it was kept.
+        """
+        group = self._groups[row.subtype]
+        if not self._admit(len(group), _ROW_BYTES + len(row.result) + cost):
+            return False
+        group.append(row)
+        return True
 
     # -- info and signatures -------------------------------------------------
 
@@ -286,9 +544,9 @@ class RowCollector:
         if "signatures" not in self._parsers or not isinstance(signature, dict):
             return
         severity = _int(signature.get("severity"))
-        self._groups["signature"].append(ResultRow(
-            "signature", _str(signature.get("description")),
-            {"severity": severity, "name": _str(signature.get("name"))}))
+        name = self._text(signature.get("name"))
+        self._add(ResultRow("signature", self._text(signature.get("description")),
+                            {"severity": severity, "name": name}), len(name))
 
     # -- behavior --------------------------------------------------------
 
@@ -324,7 +582,7 @@ class RowCollector:
         until the process ends (measured: 2 microseconds a call cheaper).
 
         @param call_rows: L{api_call} of the process's first dict calls, at
-            most L{call_room} of them.
+            most L{call_room} of them (C{None} for those the budget left out).
         """
         self.evidence.process_keys(key for key in header if key in PROCESS_HEADER_KEYS)
         self.api_calls_seen += calls_seen
@@ -332,27 +590,39 @@ class RowCollector:
         self._room -= len(call_rows)
         if "behavior" not in self._parsers:
             return
-        name = _str(header.get("process_name"))
+        name = self._text(header.get("process_name"))
         pid = _first_int(header, "pid", "process_id")
-        self._groups["process"].append(ResultRow("process", name, {
+        first_seen = format_log_time(header.get("first_seen"))
+        self._add(ResultRow("process", name, {
             "process_id": pid,
             "parent_id": _first_int(header, "ppid", "parent_id"),
-            "first_seen": format_log_time(header.get("first_seen")),
-        }))
+            "first_seen": first_seen,
+        }), len(first_seen))
         calls = self._groups["api_call"]
-        for api, extra in call_rows:
-            extra["process"] = name
-            extra["process_id"] = pid
-            calls.append(ResultRow("api_call", api, extra))
+        for call_row in call_rows:
+            if call_row is not None:
+                api, extra = call_row
+                extra["process"] = name
+                extra["process_id"] = pid
+                calls.append(ResultRow("api_call", api, extra))
 
-    def api_call(self, call: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]]:
+    def api_call(self, call: Mapping[str, Any], index: int,
+                 short: bool = False) -> tuple[str, dict[str, Any]] | None:
         """
         Turn one kept call into its row's result and extra columns; the
         process columns are placeholders that L{add_process_rows} fills in,
-        since a process's name may come after its calls.
+        since a process's name may come after its calls.  The row is
+        charged to the budget now, so a reader holds no more rows than the
+        budget allows while a process's calls go by.
 
         @param index: the call's position among the process's kept calls,
             its C{id} when the call has none.
+        @param short: the caller vouches that no string in C{call} is longer
+            than L{MAX_STRING} (its text is not), which spares the length
+            checks on the hot path (and the arguments' size count: see
+            L{arguments_size}).
+        @return: the row's result and extra columns, or C{None} if the
+            budget leaves the row out.
         """
         # Exact-type checks first: this runs for every kept call, and the
         # helpers it falls back to give the same answers.
@@ -380,8 +650,30 @@ class RowCollector:
             if call_id is None:
                 call_id = index
         arguments = get("arguments")
-        return _str(get("api")), {
-            "category": _str(get("category")),
+        if not short and arguments_size(arguments) > MAX_ARGUMENTS_SIZE:
+            self.values_skipped += 1
+            arguments = None
+        arguments = ([{"name": key, "value": item} for key, item in arguments.items()]
+                     if type(arguments) is dict else _arguments(arguments))
+        api = get("api")
+        category = get("category")
+        if not short:
+            api, category = self._text(api), self._text(category)
+            returned, timestamp, thread = (self._text(returned), self._text(timestamp),
+                                           self._text(thread))
+            arguments = self._bounded_arguments(arguments)
+        elif not _SCALARS.issuperset(map(type, map(_VALUE, arguments))):
+            arguments = self._bounded_arguments(arguments)
+        api = _str(api)
+        category = _str(category)
+        cost = (_ROW_BYTES + len(api) + len(category) + len(returned) + len(timestamp)
+                + len(thread) + _ARGUMENT_BYTES * len(arguments)
+                + sum(len(entry["name"]) + _weight(entry["value"]) for entry in arguments))
+        if not self._admit(self._calls_admitted, cost):
+            return None
+        self._calls_admitted += 1
+        return api, {
+            "category": category,
             "status": bool(status) if isinstance(status, (bool, int)) else False,
             "return": returned,
             "timestamp": timestamp,
@@ -390,9 +682,15 @@ class RowCollector:
             "id": call_id,
             "process": None,
             "process_id": None,
-            "arguments": [{"name": key, "value": item} for key, item in arguments.items()]
-            if type(arguments) is dict else _arguments(arguments),
+            "arguments": arguments,
         }
+
+    def _bounded_arguments(self, arguments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """
+        L{_bounded} on each argument's name and value.
+        """
+        return [{"name": self._text(entry["name"]), "value": self._bounded(entry["value"])}
+                for entry in arguments]
 
     def _call_time(self, value: Any) -> str:
         """
@@ -421,15 +719,26 @@ class RowCollector:
     def add_summary(self, key: str, values: Any) -> None:
         if not self.wants_summary(key) or not isinstance(values, list):
             return
-        subtype = SUMMARY_SUBTYPES[key]
-        group = self._groups[subtype]
-        pairs = key in _PAIR_KEYS
         for value in values:
-            if pairs and isinstance(value, list) and len(value) == 2 \
-                    and all(isinstance(v, str) for v in value):
-                value = "%s -> %s" % (value[0], value[1])
-            if isinstance(value, str):
-                group.append(ResultRow(subtype, value, {"category": key}))
+            self.add_summary_item(key, value)
+
+    @staticmethod
+    def pairs(key: str) -> bool:
+        """
+        Whether the summary list C{key} holds C{[source, destination]} pairs.
+        """
+        return key in _PAIR_KEYS
+
+    def add_summary_item(self, key: str, value: Any) -> None:
+        """
+        Add one value of the summary list C{key}, which L{wants_summary}
+        accepted.  Streaming readers hand the items over one at a time.
+        """
+        if key in _PAIR_KEYS and isinstance(value, list) and len(value) == 2 \
+                and all(isinstance(v, str) for v in value):
+            value = "%s -> %s" % (value[0], value[1])
+        if isinstance(value, str):
+            self._add(ResultRow(SUMMARY_SUBTYPES[key], self._text(value), {"category": key}))
 
     # -- network ---------------------------------------------------------
 
@@ -439,27 +748,29 @@ class RowCollector:
             return
         ip = host.get("ip") if isinstance(host, dict) else host
         if isinstance(ip, str):
-            self._groups["Host"].append(ResultRow("Host", ip, {}))
+            self._add(ResultRow("Host", self._text(ip), {}))
 
     def add_domain(self, domain: Any) -> None:
         if "network" not in self._parsers or not isinstance(domain, dict):
             return
         name = domain.get("domain")
         if isinstance(name, str):
-            self._groups["Domain"].append(ResultRow("Domain", name,
-                                                    {"ip": _str(domain.get("ip"))}))
+            ip = self._text(domain.get("ip"))
+            self._add(ResultRow("Domain", self._text(name), {"ip": ip}), len(ip))
 
     def add_http(self, request: Any) -> None:
         if "network" not in self._parsers or not isinstance(request, dict):
             return
         uri = request.get("uri")
         if isinstance(uri, str):
-            self._groups["HTTP Request"].append(ResultRow(
-                "HTTP Request", uri, {key: _scalar(request.get(key)) for key in _HTTP_EXTRA}))
+            extra = {key: self._bounded(_scalar(request.get(key))) for key in _HTTP_EXTRA}
+            self._add(ResultRow("HTTP Request", self._text(uri), extra),
+                      sum(len(value) for value in extra.values() if type(value) is str))
         agent = request.get("user-agent")
         if isinstance(agent, str) and agent and agent not in self._agents:
-            self._agents.add(agent)
-            self._groups["User-Agent"].append(ResultRow("User-Agent", agent, {}))
+            if self._add(ResultRow("User-Agent", self._text(agent), {})):
+                # Only a kept agent is remembered, so the set is bounded too.
+                self._agents.add(agent)
 
     # -- result ------------------------------------------------------------
 
@@ -474,11 +785,14 @@ class RowCollector:
             if isinstance(machine, dict):
                 machine = machine.get("name")
             analysis_id = _int(info.get("id"))
-            self._groups["info"].append(ResultRow("info", _str(machine), {
+            # Outside the budget: one row, whose strings are cut, and the
+            # one an analyst needs most.
+            self._groups["info"].append(ResultRow("info", self._text(machine), {
                 "started": format_date(info.get("started")),
                 "ended": format_date(info.get("ended")),
                 "analysis_id": analysis_id if analysis_id is not None
                 else self._options.task_id,
             }))
         rows = tuple(row for group in self._groups.values() for row in group)
-        return Extraction(self.evidence.decide(), rows, self.api_calls_seen)
+        return Extraction(self.evidence.decide(), rows, self.api_calls_seen,
+                          self.values_truncated, self.values_skipped, self.rows_dropped)

@@ -4,11 +4,25 @@ What every stage shares: consuming its queue, resolving peers from the
 configuration, and turning failures into messages for the overseer.
 
 A stage implements one method, L{Stage.process}, which does the work for
-one delivery and publishes its output through the L{Outbox}.  Whatever it
-raises is caught here and published, confirmed, to the stage's failed
-queue in the Go workers' C{FailedMsg} shape; only then is the delivery
-acked.  If even that publish fails (the channel died), the delivery stays
-unacked and the broker redelivers it: a message is never dropped.
+one delivery and publishes its output through the L{Outbox}.  Every
+delivery then ends exactly once, by one rule enforced here:
+
+  - the work succeeded and its outputs were confirmed: ack;
+  - it raised a L{CuckoodistError}: the message is published, confirmed,
+    to the stage's failed queue in the Go workers' C{FailedMsg} shape, for
+    the overseer to retry or dump, and then acked;
+  - it raised anything else: that is a bug, logged loudly, but the message
+    must still leave the queue, so it is failed as I{permanent} and the
+    overseer dumps it with the reason.  Requeueing it instead would loop
+    forever (the same bug fires again) and block the queue.
+
+Only when even the failed queue cannot be reached (the channel died, the
+broker nacked) does the delivery stay unacked for the broker to give back;
+L{QueueConsumer} spaces out such retries of the same message.
+
+Peers named in a message are data, not trust: a task's C{CuckooURL} must
+be a configured Cuckoo and a request's C{crits_url} the configured CRITs
+or one of C{crits.allowed_urls}, or no request is made at all.
 """
 
 from typing import Any
@@ -19,13 +33,13 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
-from cuckoodist.amqp.protocol import Closed
+from cuckoodist.amqp.protocol import Closed, PublishNacked
 from cuckoodist.config import Config
 from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient
-from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError, TransientError
+from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
 from cuckoodist.http import HTTPClient
-from cuckoodist.messages import CritsData, FailedMessage, RetryInfo, decode_json
+from cuckoodist.messages import CritsData, FailedMessage, peek
 
 __all__ = ["Stage", "StageContext", "describe"]
 
@@ -88,33 +102,35 @@ class Stage(MultiService):
     async def _on_delivery(self, delivery: Delivery, outbox: Outbox) -> None:
         try:
             await self.process(delivery, outbox)
-        except (Closed, CancelledError):
+        except (Closed, CancelledError, PublishNacked):
+            # The broker lost or refused our output: nothing was decided
+            # about the message, so it stays unacked and comes back.
             raise
         except CuckoodistError as e:
             await self._fail(delivery, outbox, e)
         except Exception as e:
-            self.log.failure("Unexpected error in {stage}", stage=self.kind)
-            await self._fail(delivery, outbox, TransientError(f"internal error: {type(e).__name__}: {e}"))
+            self.log.failure("Bug: unexpected error in {stage}; the message is failed as permanent and will be dumped", stage=self.kind)
+            await self._fail(delivery, outbox, PermanentError(f"internal error: {type(e).__name__}: {_clip(str(e))}"))
 
     async def _fail(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
-        try:
-            doc = decode_json(delivery.body)
-        except InvalidMessage:
-            doc = {}
-        retry = RetryInfo.from_doc(doc)
-        crits = doc.get("crits_data", doc.get("CritsData"))
-        task_id = doc.get("TaskId")
+        """
+        Hand the message to the overseer, with everything it needs to
+        decide: built from what can be read of the message, whatever it
+        holds, so that this step itself cannot fail on a hostile body.
+        """
+        body = error.resume if error.resume is not None else delivery.body
+        seen = peek(body)
         failed = FailedMessage(
             service=self.kind,
-            queue=delivery.routing_key or self.stage_config.consumer_queue,
-            error=error.reason,
+            queue=self.stage_config.consumer_queue,
+            error=_clip(error.reason),
             desc=_DESCRIPTIONS.get(type(error), "permanent failure" if isinstance(error, PermanentError) else "transient failure"),
-            msg=delivery.body.decode("utf-8", "replace"),
-            attempts=retry.attempts + 1,
-            first_failure=retry.first_failure if retry.first_failure is not None else self.clock.seconds(),
+            msg=body.decode("utf-8", "replace"),
+            attempts=seen.retry.attempts + 1,
+            first_failure=seen.retry.first_failure if seen.retry.first_failure is not None else self.clock.seconds(),
             final=isinstance(error, PermanentError),
-            analysis_id=crits.get("analysis_id", "") if isinstance(crits, dict) and isinstance(crits.get("analysis_id"), str) else "",
-            task_id=task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None,
+            analysis_id=seen.analysis_id,
+            task_id=seen.task_id,
         )
         self.log.warn(
             "{stage} failed for analysis={analysis} task={task}: {why} (attempt {n}, {kind})",
@@ -131,12 +147,22 @@ class Stage(MultiService):
 
     def cuckoo_client(self, url: str) -> CuckooClient:
         """
-        A client for the Cuckoo at C{url}.  A token is sent only when the
-        URL matches a configured instance.
+        A client for the configured Cuckoo that C{url}, taken from a
+        message, names.
+
+        Requests go to the configured URL, never to the message's: a
+        message naming any other host, port or path would otherwise make
+        this daemon fetch from wherever it says and post what it read into
+        CRITs with the configured key.
+
+        @raise InvalidMessage: C{url} is not a configured Cuckoo.
         """
         configured = self.context.config.cuckoo_for_url(url)
         if configured is None:
-            return CuckooClient(self.context.http, url)
+            raise InvalidMessage(
+                f"CuckooURL {_clip(url, 200)!r} is not a Cuckoo in this configuration; "
+                "list it under 'cuckoo' to accept tasks from it"
+            )
         return CuckooClient(self.context.http, configured.url, configured.token, configured.verify_ssl)
 
     def crits_client(self, crits: CritsData, max_body: int = 2_500_000) -> CritsClient:
@@ -145,15 +171,25 @@ class Stage(MultiService):
         without C{crits_url} use the configured CRITs and its credentials;
         the configured API key is never sent to any other URL.
 
-        @raise InvalidMessage: no CRITs to talk to, or no credentials for it.
+        @raise InvalidMessage: the message names a CRITs that is neither the
+            configured one nor in C{crits.allowed_urls}, or there is no CRITs
+            to talk to, or no credentials for it.
         """
-        configured = self.context.config.crits
-        url = crits.crits_url.rstrip("/")
-        same = configured is not None and (not url or url == configured.url.rstrip("/"))
-        if not url:
-            if configured is None:
-                raise InvalidMessage("crits_data.crits_url is empty and no crits section is configured")
+        config = self.context.config
+        configured = config.crits
+        url = crits.crits_url
+        if url:
+            known = config.known_crits_url(url)
+            if known is None:
+                raise InvalidMessage(
+                    f"crits_url {_clip(url, 200)!r} is not the configured CRITs nor in crits.allowed_urls"
+                )
+            url = known.rstrip("/")
+        elif configured is None:
+            raise InvalidMessage("crits_data.crits_url is empty and no crits section is configured")
+        else:
             url = configured.url
+        same = config.is_configured_crits(url)
         username, api_key = crits.username, crits.api_key
         if not (username and api_key):
             if not same:
@@ -167,6 +203,13 @@ class Stage(MultiService):
 _DESCRIPTIONS = {
     InvalidMessage: "invalid message",
 }
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    """
+    Keep reasons that quote peers or exceptions to a loggable length.
+    """
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def describe(crits: CritsData, task_id: int | None = None) -> str:

@@ -1,18 +1,22 @@
 # -*- test-case-name: tests.test_capacity -*-
 """
-Waiting for room on a Cuckoo without blocking and without busy polling.
+Deciding whether one Cuckoo has room for an upload, without holding
+deliveries and without asking Cuckoo more than once per interval.
 
 feed_cuckoo must not upload while Cuckoo has C{max_pending} tasks waiting
-or too little free disk.  L{CapacityGate.wait_for_room} answers at once when
-there is room.  When there is not, the caller waits on a Deferred while a
-L{LoopingCall} asks C{/cuckoo/status} every C{interval} seconds, and the loop
-releases as many waiters as there are free slots.  The loop runs only while
-someone waits.
+or too little free disk.  Nor may it hold a request while it waits for
+room: an unacked delivery is invisible to the other feed_cuckoo instances,
+and RabbitMQ closes the channel of a consumer that holds one longer than
+C{consumer_timeout}.  So L{CapacityGate.admit} answers yes or no at once,
+from a C{/cuckoo/status} answer at most C{interval} seconds old that it
+counts down locally as it admits uploads, and the caller gives refused
+requests back to the queue.  L{CapacityGate.when_room} then tells the
+caller when a probe, one per C{interval}, finds room again.
 """
 
 from typing import Any, Mapping
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -65,38 +69,75 @@ class CapacityGate:
     """
     Admits uploads to one Cuckoo while it has room.
 
-    @param clock: schedules the status loop.
+    Room is the last status probe's answer less the uploads admitted since.
+    Uploads still on the wire during a probe are not in Cuckoo's count yet,
+    so Cuckoo may end up with up to C{prefetch_count} more than
+    C{max_pending}: a soft limit, as it always was.
+
+    @param clock: times the cached status and schedules the probe loop.
     @param min_free: required free bytes, or C{None} not to check.
+    @param interval: seconds a status answer is trusted, and between probes
+        while Cuckoo is full.
     """
 
     def __init__(self, cuckoo: CuckooClient, clock: Any, max_pending: int, min_free: int | None, interval: float) -> None:
         self._cuckoo = cuckoo
+        self._clock = clock
         self._max_pending = max_pending
         self._min_free = min_free
-        self._waiters: list[Deferred] = []
-        self._loop = LoopingCall(self._probe)
-        self._loop.clock = clock
         self._interval = interval
+        self._room = 0
+        self._fresh_until = float("-inf")
+        # One probe at a time: callers queued behind it find a fresh answer.
+        self._probing = DeferredLock()
+        self._watchers: list[Deferred] = []
+        self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._watch()))
+        self._loop.clock = clock
         self._warned_no_disk = False
         self._last_reason = ""
 
-    async def wait_for_room(self) -> None:
+    async def admit(self) -> bool:
         """
-        Return when Cuckoo can take one more task.
+        Take one upload slot if Cuckoo has room now.
+
+        It asks Cuckoo only when the last answer is older than C{interval};
+        an unreachable Cuckoo counts as full until the next probe.
         """
-        if not self._waiters:
-            room = await self._room()
-            if room > 0:
-                return
-        waiter = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
-        self._waiters.append(waiter)
+        await self._probing.acquire()
+        try:
+            await self._refresh()
+            if self._room <= 0:
+                return False
+            self._room -= 1
+            return True
+        finally:
+            self._probing.release()
+
+    def when_room(self) -> Deferred:
+        """
+        A Deferred that fires once a probe finds room again.  Until then
+        Cuckoo is asked every C{interval} seconds; cancelling the Deferred
+        withdraws the wish.
+        """
+        watcher = Deferred(lambda d: self._watchers.remove(d) if d in self._watchers else None)
+        self._watchers.append(watcher)
         if not self._loop.running:
             self._loop.start(self._interval, now=False).addErrback(
                 lambda f: log.failure("Cuckoo capacity loop failed", f)
             )
-        await waiter
+        return watcher
 
-    async def _room(self) -> int:
+    async def _refresh(self) -> None:
+        """
+        Ask Cuckoo unless the last answer is still fresh.  Callers hold
+        C{_probing}.
+        """
+        if self._clock.seconds() < self._fresh_until:
+            return
+        self._room = await self._ask()
+        self._fresh_until = self._clock.seconds() + self._interval
+
+    async def _ask(self) -> int:
         try:
             status = await self._cuckoo.status()
         except CuckoodistError as e:
@@ -111,32 +152,37 @@ class CapacityGate:
         room, why = room_in(status, self._max_pending, self._min_free)
         if room <= 0:
             self._note(why)
-        else:
+        elif self._last_reason:
+            log.info("Cuckoo {url} has room again ({n} tasks)", url=self._cuckoo.url, n=room)
             self._last_reason = ""
         return room
 
     def _note(self, reason: str) -> None:
         if reason != self._last_reason:
-            log.info("Cuckoo {url} is full, holding uploads: {why}", url=self._cuckoo.url, why=reason)
+            log.info("Cuckoo {url} is full, handing requests back: {why}", url=self._cuckoo.url, why=reason)
             self._last_reason = reason
 
-    async def _probe(self) -> None:
-        if not self._waiters:
+    async def _watch(self) -> None:
+        if self._watchers:
+            await self._probing.acquire()
+            try:
+                await self._refresh()
+                full = self._room <= 0
+            finally:
+                self._probing.release()
+            if full:
+                return
+        watchers, self._watchers = self._watchers, []
+        if self._loop.running:
             self._loop.stop()
-            return
-        room = await self._room()
-        while room > 0 and self._waiters:
-            self._waiters.pop(0).callback(None)
-            room -= 1
-        if not self._waiters and self._loop.running:
-            self._loop.stop()
+        for watcher in watchers:
+            watcher.callback(None)
 
     def stop(self) -> None:
         """
-        Stop probing; waiting uploads are cancelled (their deliveries stay
-        unacked and are redelivered).
+        Stop probing; pending L{when_room} Deferreds are cancelled.
         """
         if self._loop.running:
             self._loop.stop()
-        for waiter in list(self._waiters):
-            waiter.cancel()
+        for watcher in list(self._watchers):
+            watcher.cancel()

@@ -46,7 +46,7 @@ class CheckResults(Stage):
         status = view.get("status")
         if status in FINISHED:
             self.log.info("Task {task} on {url} is {status}; passing it on ({ids})", task=task.task_id, url=cuckoo.url, status=status, ids=ids)
-            await outbox.publish(self.stage_config.producer_queue, task.encode())
+            await outbox.publish(self.stage_config.producer_queue, task.for_next_stage().encode())
             return
         if status in FAILED:
             errors = view.get("errors")

@@ -1,17 +1,25 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_feed_capacity,tests.test_feed_upload -*-
 """
 feed_cuckoo: upload a sample to one Cuckoo and hand the task on.
 
 One instance feeds one Cuckoo; to add a Cuckoo, add a feed_cuckoo stage
-for it.  Uploads wait (see L{CapacityGate}) while Cuckoo is full, so the
-request stays in RabbitMQ, where another instance with room may take it.
+for it, on the same queue.  An instance never sits on a request while its
+Cuckoo is full: its consumer asks the L{CapacityGate} before each delivery,
+and when there is no room it hands the delivery back and stops consuming,
+so the broker gives the queue to the instances whose Cuckoo has room (and
+no delivery outlives the broker's C{consumer_timeout}).  It consumes again
+once a status probe finds room.
+
+An upload is made at most once per delivery: it is repeated here only when
+it provably never reached Cuckoo.
 """
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
+from cuckoodist.http import NotSent
 from cuckoodist.messages import AnalysisRequest, TaskMessage
 from cuckoodist.retry import retrying
 from cuckoodist.stages.base import Stage, StageContext, describe
@@ -34,21 +42,45 @@ class FeedCuckoo(Stage):
             stage_config.min_free_space if stage_config.check_free_space else None,
             stage_config.status_interval,
         )
+        self._room_watch: Deferred | None = None
+        self.consumer.admit_with(self._admit)
 
     def stopService(self) -> Deferred:
         self.gate.stop()
         return super().stopService()
+
+    async def _admit(self, delivery: Delivery) -> bool:
+        """
+        Whether Cuckoo has room for this request now.  A refusal makes the
+        consumer hand the delivery back and pause; it resumes when the gate
+        finds room again.
+        """
+        if await self.gate.admit():
+            return True
+        if self._room_watch is None:
+            self._room_watch = self.gate.when_room()
+            self._room_watch.addCallbacks(self._room_again, lambda f: f.trap(CancelledError))
+        return False
+
+    def _room_again(self, _: object) -> None:
+        self._room_watch = None
+        self.consumer.resume()
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         request = AnalysisRequest.decode(delivery.body)
         # Fail early, before using sandbox time, when results could not be delivered.
         self.crits_client(request.crits)
         ids = describe(request.crits)
-        await self.gate.wait_for_room()
+        # After a timeout or a 5xx, Cuckoo may well have created the task:
+        # uploading again at once could analyse the sample twice and leave
+        # a task nobody deletes.  Such failures go to the overseer, whose
+        # retry comes minutes later; only an upload that never left is
+        # repeated here.
         task_id = await retrying(
             self.clock,
             lambda: self.cuckoo.submit(request.file_name, request.file_data, request.payload),
             f"upload {ids}",
+            retry_on=NotSent,
         )
         self.log.info(
             "Submitted {name} ({size} bytes) as task {task} on {url} for analysis={analysis}",

@@ -1,27 +1,62 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_overseer -*-
 """
 overseer: retry failed messages with backoff, and dump what cannot be
 delivered.
 
 The attempt count travels in the message (C{Retry} in the re-published
-message, C{Attempts} in the failed envelope), not in the overseer's memory,
-so counts survive restarts and are shared by any number of overseers.  The
-wait between tries is held by the broker in a delay queue, one per backoff
-step, so the overseer holds nothing while it waits.  Once a message is out
-of retries, or its failure is final, CRITs is told the analysis ended in
-error and the message is dumped, durably, before its delivery is acked.
+message, C{Attempts} in the failed envelope), so counts survive restarts
+and are shared by any number of overseers.  The Go workers lose it, so an
+L{AttemptMemory} counts too, and the larger count wins: whoever produced
+the envelope, a message is retried at most C{max_retries} times.  The wait
+between tries is held by the broker in a delay queue, one per backoff step,
+so the overseer holds nothing while it waits.
+
+Once a message is out of retries, or its failure is final, CRITs is told
+the analysis ended in error and the message is dumped, durably, before its
+delivery is acked.  A failed envelope is as hostile as any message: it may
+not decode, it may name a queue we must not publish to, its C{Msg} may not
+be retriable.  Each of those ends in the dump with its reason, never in a
+requeue: the overseer has no overseer.
 """
 
+import attrs
+from twisted.internet.defer import CancelledError
 from twisted.internet.threads import deferToThreadPool
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
+from cuckoodist.amqp.names import queue_name_problem
+from cuckoodist.amqp.protocol import Closed, PublishNacked
+from cuckoodist.config import CheckResultsConfig, Config, FeedCuckooConfig, OverseerConfig, ParseAndSubmitConfig
 from cuckoodist.dump import DumpRecord, DumpStore
 from cuckoodist.errors import CuckoodistError, InvalidMessage
-from cuckoodist.messages import FailedMessage, RetryInfo, crits_data_of, with_retry
+from cuckoodist.messages import FailedMessage, Peek, RetryInfo, peek, with_retry
 from cuckoodist.retry import retrying
+from cuckoodist.attempts import AttemptMemory, identity
 from cuckoodist.stages.base import Stage
 
-__all__ = ["Overseer"]
+__all__ = ["Overseer", "retry_targets", "MAX_RETRY_DELAY"]
+
+#: The longest wait between tries, whatever retry_delay and the count say;
+#: a broker holds a message's TTL in 32 bits of milliseconds.
+MAX_RETRY_DELAY = 86400.0
+
+
+def retry_targets(config: Config, overseer: OverseerConfig) -> frozenset[str]:
+    """
+    The queues an overseer may re-publish failed messages to: every queue
+    the configured stages consume or produce to, the standard stage queues
+    (an overseer running alone serves a fleet using them), and the
+    overseer's C{allowed_queues}.  Never the overseer's own queue: a failed
+    message sent back there would loop.
+    """
+    names = set(overseer.allowed_queues)
+    for cls in (FeedCuckooConfig, CheckResultsConfig, ParseAndSubmitConfig):
+        names.add(attrs.fields(cls).consumer_queue.default)
+    for stage in config.stages:
+        if stage.type != "overseer":
+            names.update(q for q in (stage.consumer_queue, stage.producer_queue) if q)
+    names.discard(overseer.consumer_queue)
+    return frozenset(names)
 
 
 class Overseer(Stage):
@@ -30,83 +65,138 @@ class Overseer(Stage):
     def __init__(self, context, stage_config) -> None:
         super().__init__(context, stage_config)
         self.dump = DumpStore(stage_config.dump_dir)
+        self.targets = retry_targets(context.config, stage_config)
+        self.attempts = AttemptMemory(context.reactor)
 
     async def _on_delivery(self, delivery: Delivery, outbox: Outbox) -> None:
-        # The overseer has no overseer: it never publishes to a failed
-        # queue.  Anything it cannot handle is dumped.
         try:
             await self._handle(delivery, outbox)
-        except CuckoodistError as e:
-            await self._dump(delivery.body.decode("utf-8", "replace"), "overseer", delivery.routing_key, e.reason)
+        except (Closed, CancelledError, PublishNacked):
+            raise
+        except Exception as e:
+            # Whatever went wrong, the message is kept and leaves the queue.
+            if isinstance(e, CuckoodistError):
+                reason = e.reason
+            else:
+                self.log.failure("Bug: unexpected error in the overseer; dumping the message as it came")
+                reason = f"internal error in the overseer: {type(e).__name__}"
+            await self._dump(DumpRecord(
+                stage="overseer",
+                queue=self.stage_config.consumer_queue,
+                reason=reason,
+                message=_text(delivery.body),
+                dumped_at=self.clock.seconds(),
+            ))
 
     async def _handle(self, delivery: Delivery, outbox: Outbox) -> None:
         try:
             failed = FailedMessage.decode(delivery.body)
         except InvalidMessage as e:
-            await self._dump(delivery.body.decode("utf-8", "replace"), "unknown", delivery.routing_key, f"unreadable failed message: {e.reason}")
+            await self._dump(DumpRecord(
+                stage="unknown",
+                queue=self.stage_config.consumer_queue,
+                reason=f"unreadable failed message: {e.reason}",
+                message=_text(delivery.body),
+                dumped_at=self.clock.seconds(),
+            ))
             return
-        cfg = self.stage_config
-        retryable = not failed.final and failed.attempts <= cfg.max_retries and failed.queue != cfg.consumer_queue
-        if retryable:
-            try:
-                body = with_retry(failed.msg.encode("utf-8"), RetryInfo(failed.attempts, failed.first_failure))
-            except InvalidMessage as e:
-                retryable, why = False, f"{failed.error} (and cannot be retried: {e.reason})"
-            else:
-                delay = cfg.retry_delay * 2 ** (failed.attempts - 1)
-                await outbox.publish_later(failed.queue, body, delay)
-                self.log.info(
-                    "Retrying analysis={analysis} task={task} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
-                    analysis=failed.analysis_id or "?",
-                    task=failed.task_id if failed.task_id is not None else "-",
-                    queue=failed.queue,
-                    s=delay,
-                    n=failed.attempts + 1,
-                    m=cfg.max_retries + 1,
-                    why=failed.error,
-                )
-                return
-        else:
-            why = failed.error if failed.final else f"gave up after {failed.attempts} attempt(s): {failed.error}"
-        told = await self._tell_crits(failed, why)
-        await self._dump(failed.msg, failed.service, failed.queue, why, failed, told)
+        inner = peek(failed.msg.encode("utf-8"))
+        key = identity(failed.queue, inner.doc, failed.msg)
+        carried = max(failed.attempts or 1, inner.retry.attempts + 1)
+        attempts = self.attempts.failed(key, carried)
+        failed = attrs.evolve(
+            failed,
+            attempts=attempts,
+            first_failure=failed.first_failure if failed.first_failure is not None else inner.retry.first_failure,
+            analysis_id=failed.analysis_id or inner.analysis_id,
+            task_id=failed.task_id if failed.task_id is not None else inner.task_id,
+        )
+        why = self._why_not_retry(failed, inner)
+        if why is None:
+            await self._retry(failed, inner, outbox)
+            return
+        told = await self._tell_crits(failed, inner, why)
+        await self._dump(DumpRecord(
+            stage=failed.service,
+            queue=failed.queue,
+            reason=why,
+            message=failed.msg,
+            attempts=failed.attempts or 1,
+            first_failure=failed.first_failure,
+            dumped_at=self.clock.seconds(),
+            analysis_id=failed.analysis_id,
+            task_id=failed.task_id,
+            crits_told=told,
+        ))
+        self.attempts.forget(key)
 
-    async def _tell_crits(self, failed: FailedMessage, why: str) -> bool:
+    def _why_not_retry(self, failed: FailedMessage, inner: Peek) -> str | None:
+        """
+        Why C{failed} goes to the dump instead of back to its queue, or
+        C{None} if it may be retried.
+        """
+        if failed.final:
+            return failed.error
+        if failed.attempts > self.stage_config.max_retries:
+            return f"gave up after {failed.attempts} attempt(s): {failed.error}"
+        problem = queue_name_problem(failed.queue)
+        if problem is None and failed.queue not in self.targets:
+            problem = "its queue is not one this overseer may publish to (add it to allowed_queues)"
+        if problem is not None:
+            return f"{failed.error} (not retried: {problem})"
+        if inner.doc is None:
+            return f"{failed.error} (not retried: {inner.problem})"
+        return None
+
+    async def _retry(self, failed: FailedMessage, inner: Peek, outbox: Outbox) -> None:
+        cfg = self.stage_config
+        first = failed.first_failure if failed.first_failure is not None else self.clock.seconds()
+        body = with_retry(inner.doc, RetryInfo(failed.attempts, first))
+        delay = min(cfg.retry_delay * 2 ** (failed.attempts - 1), MAX_RETRY_DELAY)
+        await outbox.publish_later(failed.queue, body, delay)
+        self.log.info(
+            "Retrying analysis={analysis} task={task} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
+            analysis=failed.analysis_id or "?",
+            task=failed.task_id if failed.task_id is not None else "-",
+            queue=failed.queue,
+            s=delay,
+            n=failed.attempts + 1,
+            m=cfg.max_retries + 1,
+            why=failed.error,
+        )
+
+    async def _tell_crits(self, failed: FailedMessage, inner: Peek, why: str) -> bool:
         """
         End the CRITs analysis as error, saying why.  Best effort: a CRITs
-        that cannot be reached must not stop the message being dumped.
+        that cannot be reached, or that the message may not name, must not
+        stop the message being dumped.
         """
-        crits = crits_data_of(failed.msg.encode("utf-8"))
+        crits = inner.crits
         if crits is None:
             return False
         try:
             client = self.crits_client(crits)
             await retrying(self.clock, lambda: client.finish(f"cuckoodist {failed.service}: {why}"), f"tell CRITs analysis={crits.analysis_id}")
         except CuckoodistError as e:
-            self.log.warn("Could not tell CRITs that analysis={analysis} failed: {why}", analysis=crits.analysis_id, why=e.reason)
+            self.log.warn("Could not tell CRITs that analysis={analysis} failed: {why}", analysis=failed.analysis_id or "?", why=e.reason)
             return False
         return True
 
-    async def _dump(self, message: str, stage: str, queue: str, reason: str, failed: FailedMessage | None = None, told: bool = False) -> None:
-        record = DumpRecord(
-            stage=stage,
-            queue=queue,
-            reason=reason,
-            message=message,
-            attempts=failed.attempts if failed else 0,
-            first_failure=failed.first_failure if failed else None,
-            dumped_at=self.clock.seconds(),
-            analysis_id=failed.analysis_id if failed else "",
-            task_id=failed.task_id if failed else None,
-            crits_told=told,
-        )
+    async def _dump(self, record: DumpRecord) -> None:
         reactor = self.context.reactor
         path = await deferToThreadPool(reactor, reactor.getThreadPool(), self.dump.write, record)
         self.log.warn(
             "Dumped analysis={analysis} task={task} from {stage} to {path}: {why}",
             analysis=record.analysis_id or "?",
             task=record.task_id if record.task_id is not None else "-",
-            stage=stage,
+            stage=record.stage,
             path=path,
-            why=reason,
+            why=record.reason,
         )
+
+
+def _text(body: bytes) -> str:
+    """
+    A message body as text for the dump, whatever its bytes.
+    """
+    return body.decode("utf-8", "replace")

@@ -10,34 +10,75 @@ unpacked entry by entry under hard caps, also in a thread.
 Instances can be chained: one with the fast parsers forwards the task to
 C{producer_queue}, where an instance with C{dropped} finishes the job.  Only
 the last instance of a chain (no C{producer_queue}) finishes the CRITs
-analysis; C{cuckoo_cleanup} then deletes the Cuckoo task.
+analysis; with C{cuckoo_cleanup} it then has the Cuckoo task deleted
+C{cleanup_delay} seconds later.
+
+The delay is held by the broker: the task message goes, confirmed with the
+stage's other outputs, through a delay queue to the stage's own
+C{<consumer_queue>.cleanup} queue, which the stage also consumes.  Deleting
+at once would make every duplicate delivery (a redelivery after a lost ack,
+a copy forked by a crash in check_results) find its task gone, and a task
+gone from Cuckoo ends its analysis as an error.  Duplicates come within
+seconds of a crash, so by the time the task is deleted they have been
+served.
 """
 
 import tempfile
-from typing import Any, BinaryIO, Sequence
+import threading
+from typing import Any, BinaryIO, Callable, Sequence
 
+import attrs
+
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
-from cuckoodist.amqp.consumer import Delivery, Outbox
+from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
+from cuckoodist.amqp.protocol import Closed
 from cuckoodist.archive import ArchiveError, unpacked
+from cuckoodist.config import cleanup_queue
 from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient, TaskNotFound
 from cuckoodist.errors import CuckoodistError, PermanentError
 from cuckoodist.http import BodyTooLarge
 from cuckoodist.messages import TaskMessage
 from cuckoodist.report.extract import ExtractOptions, extract_results
+from cuckoodist.report.rows import MAX_NESTING, MAX_STRING
 from cuckoodist.results import ResultRow
 from cuckoodist.retry import retrying
-from cuckoodist.stages.base import Stage, describe
+from cuckoodist.stages.base import Stage, StageContext, describe
 
-__all__ = ["ParseAndSubmit", "REPORT_PARSERS"]
+__all__ = ["ParseAndSubmit", "REPORT_PARSERS", "TaskGone"]
+
+#: A broker holds a message's TTL in 32 bits of milliseconds.
+_MAX_CLEANUP_DELAY = 86400.0
 
 #: Parsers that read report.json; C{dropped} reads the archive instead.
 REPORT_PARSERS = frozenset({"info", "signatures", "behavior", "network"})
 
 
+class TaskGone(PermanentError):
+    """
+    The task a message names is no longer in Cuckoo.
+    """
+
+
 class ParseAndSubmit(Stage):
     kind = "parse_and_submit"
+
+    def __init__(self, context: StageContext, stage_config: Any) -> None:
+        super().__init__(context, stage_config)
+        self.cleanup_queue: str | None = None
+        if stage_config.cuckoo_cleanup and not stage_config.producer_queue:
+            self.cleanup_queue = cleanup_queue(stage_config.consumer_queue)
+            QueueConsumer(
+                context.connection,
+                self.cleanup_queue,
+                stage_config.prefetch_count,
+                self._clean_up,
+                context.reactor,
+                context.config.grace_period,
+            ).setServiceParent(self)
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         task = TaskMessage.decode(delivery.body)
@@ -45,58 +86,98 @@ class ParseAndSubmit(Stage):
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
         ids = describe(task.crits, task.task_id)
-        if cfg.cuckoo_cleanup and not cfg.producer_queue and await self._already_cleaned_up(task, cuckoo, crits, ids):
-            return
+        if cfg.cuckoo_cleanup and not cfg.producer_queue:
+            await self._check_task_exists(task, cuckoo, ids)
+        progress = dict(task.progress)
+        try:
+            await self._submit(task, cuckoo, crits, ids, progress, outbox)
+        except CuckoodistError as e:
+            # CRITs cannot replace or deduplicate results: the retry must
+            # not post again what was posted before this failure.
+            if progress != task.progress:
+                e.resume = attrs.evolve(task, progress=progress).encode()
+            raise
+
+    async def _submit(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str, progress: dict[str, int], outbox: Outbox) -> None:
+        """
+        Post the results, then pass the task on or finish it, recording in
+        C{progress} each step done.
+        """
+        cfg = self.stage_config
         parsers = REPORT_PARSERS.intersection(cfg.enabled_parsers)
-        if parsers:
-            await self._submit_report(task, cuckoo, crits, parsers, ids)
-        if "dropped" in cfg.enabled_parsers:
-            await self._submit_dropped(task, cuckoo, crits, ids)
+        if parsers and not progress.get("report_done"):
+            await self._submit_report(task, cuckoo, crits, parsers, ids, progress)
+            progress["report_done"] = 1
+        if "dropped" in cfg.enabled_parsers and not progress.get("dropped_done"):
+            await self._submit_dropped(task, cuckoo, crits, ids, progress)
+            progress["dropped_done"] = 1
         if cfg.producer_queue:
-            await outbox.publish(cfg.producer_queue, task.encode())
+            await outbox.publish(cfg.producer_queue, task.for_next_stage().encode())
             self.log.info("Parsed {ids}; forwarded to {queue}", ids=ids, queue=cfg.producer_queue)
             return
         await retrying(self.clock, lambda: crits.finish(), f"finish {ids}")
         self.log.info("Finished CRITs analysis {ids}", ids=ids)
-        if cfg.cuckoo_cleanup:
-            try:
-                await retrying(self.clock, lambda: cuckoo.delete(task.task_id), f"delete {ids}")
-            except CuckoodistError as e:
-                # The results are in CRITs; a leftover task only costs disk.
-                self.log.warn("Could not delete Cuckoo task {ids}: {why}", ids=ids, why=e.reason)
+        if self.cleanup_queue is not None:
+            await outbox.publish_later(self.cleanup_queue, task.for_next_stage().encode(), min(cfg.cleanup_delay, _MAX_CLEANUP_DELAY))
 
-    async def _already_cleaned_up(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str) -> bool:
+    async def _clean_up(self, delivery: Delivery, outbox: Outbox) -> None:
         """
-        Whether the task is gone from Cuckoo, so this message is a
-        duplicate of one that finished.
+        Delete a finished task from Cuckoo.  Every outcome acks: the
+        results are in CRITs, and a task left behind only costs disk.
+        """
+        try:
+            task = TaskMessage.decode(delivery.body)
+            ids = describe(task.crits, task.task_id)
+            cuckoo = self.cuckoo_client(task.cuckoo_url)
+            await retrying(self.clock, lambda: cuckoo.delete(task.task_id), f"delete {ids}")
+        except CuckoodistError as e:
+            self.log.warn("Could not delete a finished Cuckoo task: {why}", why=e.reason)
+            return
+        except (Closed, CancelledError):
+            raise
+        except Exception:
+            self.log.failure("Bug: unexpected error deleting a finished Cuckoo task; leaving it")
+            return
+        self.log.debug("Deleted Cuckoo task {ids}", ids=ids)
 
-        At-least-once delivery means duplicates: a redelivery after a lost
-        ack, or a second copy of the task forked in check_results when it
-        died between publishing and acking.  If an earlier copy finished
-        the analysis, its cleanup deleted the task; doing the work again
-        would wait for a report that never comes and end with the overseer
-        marking a completed analysis as failed.  CRITs is told too: a
-        duplicate adds a harmless line to a completed analysis, and a task
-        deleted by hand before it was parsed leaves the analyst a reason.
+    async def _check_task_exists(self, task: TaskMessage, cuckoo: CuckooClient, ids: str) -> None:
+        """
+        Make sure the task is still in Cuckoo before doing any work for it.
+
+        A task can be gone for two reasons: an operator deleted it, or
+        this message is a duplicate (at-least-once delivery: a redelivery
+        after a lost ack, or a copy forked in check_results) of one whose
+        cleanup already deleted it.  This stage cannot tell them apart, and
+        doing the work would only wait for a report that never comes.  So
+        it ends here, as a permanent failure: the overseer ends the CRITs
+        analysis as error with the reason and dumps the message, and the
+        analyst sees why instead of an analysis left "started" forever.
+        For a duplicate, that marks an analysis whose results are already
+        in CRITs as error, with this reason in its log.
+
+        @raise TaskGone: the task is not in Cuckoo.
         """
         try:
             await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
         except TaskNotFound:
-            self.log.warn("Task is gone from Cuckoo: a duplicate of a delivery that finished and cleaned it up; dropping it ({ids})", ids=ids)
-            note = f"Cuckoo task {task.task_id} no longer exists; nothing (more) to parse."
-            await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
-            return True
-        return False
+            raise TaskGone(
+                f"Cuckoo task {task.task_id} no longer exists: it was deleted by hand, or this is a "
+                "duplicate of a delivery that already finished (see the analysis log)"
+            ) from None
 
-    async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str) -> None:
+    async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         with tempfile.TemporaryFile(prefix="cuckoodist-report-") as spool:
             await self._download(spool, cuckoo.download_report, task.task_id, cfg.max_report_size, f"report {ids}")
             size = spool.tell()
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
-            extraction = await self._in_thread(extract_results, spool, options)
-        requests = await self._post_rows(crits, extraction.rows, ids)
+            # Set when the stage gives up waiting (shutdown past
+            # grace_period): the parse thread checks it at every block, so
+            # the thread pool's join at shutdown does not wait for a 1 GB parse.
+            stop = threading.Event()
+            extraction = await self._in_thread(extract_results, spool, options, stop, on_cancel=stop.set)
+        requests = await self._post_rows(crits, extraction.rows, ids, progress, "report_requests")
         self.log.info(
             "Posted {n} results from a {mb:.1f} MB Cuckoo {fmt} report in {r} request(s) ({ids})",
             n=len(extraction.rows),
@@ -108,8 +189,16 @@ class ParseAndSubmit(Stage):
         if "behavior" in parsers and extraction.api_calls_seen > cfg.push_api_calls_max:
             note = f"Pushed {cfg.push_api_calls_max} of {extraction.api_calls_seen} API calls (push_api_calls_max)."
             await retrying(self.clock, lambda: crits.log(note), f"log {ids}")
+        if extraction.values_truncated or extraction.values_skipped or extraction.rows_dropped:
+            # Counts only: the values themselves are the hostile part.
+            bounded = (f"Report values bounded: {extraction.values_truncated} string(s) cut to "
+                       f"{MAX_STRING} characters, {extraction.values_skipped} value(s) nested deeper "
+                       f"than {MAX_NESTING} levels or too large left out, "
+                       f"{extraction.rows_dropped} row(s) past the row budget left out.")
+            self.log.warn("{note} ({ids})", note=bounded, ids=ids)
+            await retrying(self.clock, lambda: crits.log(bounded, "warning"), f"log {ids}")
 
-    async def _submit_dropped(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str) -> None:
+    async def _submit_dropped(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         source = task.crits.source
         rows: list[ResultRow] = []
@@ -144,7 +233,7 @@ class ParseAndSubmit(Stage):
                     rows.append(ResultRow("file_added", dropped.name, {"md5": md5}))
             finally:
                 await self._in_thread(unpacking.__exit__, None, None, None)
-        await self._post_rows(crits, rows, ids)
+        await self._post_rows(crits, rows, ids, progress, "dropped_requests")
         for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
             await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
         self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + len(notes), ids=ids)
@@ -162,18 +251,48 @@ class ParseAndSubmit(Stage):
 
         await retrying(self.clock, attempt, what, attempts=6, base_delay=2.0)
 
-    async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], ids: str) -> int:
+    async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], ids: str, progress: dict[str, int], step: str) -> int:
         """
-        Post C{rows} request by request, each retried on its own.
+        Post C{rows} request by request, each retried on its own, skipping
+        the requests an earlier delivery of this message already posted.
+
+        Batching is deterministic, so the same report gives the same
+        requests: C{progress[step]} counts those posted, and is carried in
+        the message if a later step fails.  What can still repeat is one
+        request whose answer was lost (a timeout or a 5xx after CRITs
+        stored it), and a delivery whose process died before its ack.
 
         @return: the number of requests.
         """
         count = 0
         for fields in crits.result_requests(rows):
-            await retrying(self.clock, lambda: crits.post_request(fields), f"results {ids}")
             count += 1
+            if count <= progress.get(step, 0):
+                continue
+            await retrying(self.clock, lambda: crits.post_request(fields), f"results {ids}")
+            progress[step] = count
         return count
 
-    def _in_thread(self, f: Any, *args: Any) -> Any:
+    def _in_thread(self, f: Any, *args: Any, on_cancel: Callable[[], None] | None = None) -> Deferred:
+        """
+        Run C{f(*args)} in the reactor's thread pool.
+
+        A thread cannot be interrupted, so cancelling the result only stops
+        waiting for it; C{on_cancel} is how the work is told to stop too.
+
+        @param on_cancel: called when the returned Deferred is cancelled.
+        """
         reactor = self.context.reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        running = deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        if on_cancel is None:
+            return running
+        result: Deferred = Deferred(lambda _: on_cancel())
+
+        def deliver(outcome: Any) -> None:
+            # Once cancelled, the thread's late outcome (Cancelled, say)
+            # has nobody waiting for it.
+            if not result.called:
+                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+
+        running.addBoth(deliver)
+        return result
