@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sim_cuckoo -*-
+# -*- test-case-name: tests.test_cli -*-
 """
 The C{cuckoodist} console script: a table of sub-commands.
 
@@ -37,7 +37,17 @@ class _Command:
     description: str
 
     def options(self) -> usage.Options:
-        return getattr(importlib.import_module(self.module), self.options_class)()
+        """
+        A fresh instance of the command's options, whose C{--version}
+        prints cuckoodist's version (L{usage.Options} prints Twisted's).
+        """
+        options_class = getattr(importlib.import_module(self.module), self.options_class)
+
+        def get_usage(options: usage.Options, width: int | None = None) -> str:
+            return options_class.getUsage(options, width) + _examples(options)
+
+        return type(options_class.__name__, (options_class,),
+                    {"opt_version": _print_version, "getUsage": get_usage})()
 
     def runner(self) -> Callable[[usage.Options], int]:
         return importlib.import_module(self.module).run
@@ -53,24 +63,47 @@ _COMMANDS = (
 )
 
 
+def _examples(options: usage.Options) -> str:
+    """
+    The C{examples} of an options class as a block for C{--help}, one
+    command a line (C{longdesc} is re-wrapped as one paragraph).
+    """
+    examples = getattr(options, "examples", ())
+    return "\nExamples:\n" + "".join(f"  {line}\n" for line in examples) if examples else ""
+
+
+def _print_version(self: usage.Options) -> None:
+    """
+    Display the cuckoodist version and exit.
+    """
+    from cuckoodist import __version__
+
+    print(f"cuckoodist {__version__}")
+    sys.exit(0)
+
+
 class Options(usage.Options):
     """
     Top-level options: a sub-command is required.
     """
 
-    synopsis = "Usage: cuckoodist [options]"
-    longdesc = ("Tools around the cuckoodist pipeline; the daemon itself runs under "
-                "'twistd cuckoodist'. 'cuckoodist <command> --help' describes a command.")
+    synopsis = "Usage: cuckoodist [--version] COMMAND [options]"
+    longdesc = (
+        "Tools around the cuckoodist pipeline; the daemon itself runs under "
+        "'twistd cuckoodist -c CONFIG'. 'cuckoodist COMMAND --help' describes a command.")
+    examples = (
+        "cuckoodist simulate &",
+        "cuckoodist demo -c etc/cuckoodist.yaml --count 3 --run-daemon",
+        "cuckoodist resubmit dump -c etc/cuckoodist.yaml",
+    )
     subCommands = [(c.name, None, c.options, c.description) for c in _COMMANDS]
 
-    def opt_version(self) -> None:
-        """
-        Display the cuckoodist version and exit.
-        """
-        from cuckoodist import __version__
+    opt_version = _print_version
 
-        print(f"cuckoodist {__version__}")
-        sys.exit(0)
+    def getUsage(self, width: int | None = None) -> str:
+        if hasattr(self, "subOptions"):
+            return super().getUsage(width)
+        return super().getUsage(width) + _examples(self)
 
     def postOptions(self) -> None:
         if self.subCommand is None:

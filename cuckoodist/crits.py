@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_crits_client -*-
+# -*- test-case-name: tests.test_stage_parse_and_submit,tests.test_sim_crits -*-
 """
 The CRITs API, as used to deliver results: the services API for results,
 logs and finishing an analysis, and the samples API for dropped files.
@@ -9,6 +9,9 @@ module turns those into our failure vocabulary and keeps the API key in
 the C{Authorization: ApiKey} header only (never in a URL, a form or a log).
 Form posts use exactly C{application/x-www-form-urlencoded}, without a
 charset, because CRITs compares the content type for equality.
+
+The API facts relied on here are in C{docs/peers.md}, from
+C{#crits-api-basics} on.
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cuckoo_client -*-
+# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_stage_check_results,tests.test_sim_cuckoo -*-
 """
 The Cuckoo REST API, as used by the pipeline (Cuckoo 1.2 and 2.0.x).
 
@@ -7,6 +7,9 @@ API knows what they mean: a 404 on a report means "not written yet" and is
 worth waiting for, a 404 on a delete means "already gone" and is success,
 a 401 means the token is wrong and no retry will fix it.  The bearer token
 is sent only to the instance it was configured for and never logged.
+
+The API facts relied on here are in C{docs/peers.md}, from
+C{#cuckoo-common} on.
 """
 
 from typing import Any, BinaryIO, Mapping

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.test_messages -*-
 """
 The failure vocabulary shared by every stage.
 

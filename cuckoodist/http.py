@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http -*-
+# -*- test-case-name: tests.test_http,tests.test_stage_base -*-
 """
 HTTP for talking to Cuckoo and CRITs: bounded in time and in memory.
 
@@ -19,8 +19,8 @@ import treq
 from treq.client import HTTPClient as TreqClient
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from twisted.internet.ssl import CertificateOptions
 from zope.interface import implementer
 
@@ -92,15 +92,6 @@ class _NoVerification:
         return CertificateOptions(verify=False)
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    """
-    Twisted logs every new pooled connection at info level; with hundreds
-    of analyses an hour that drowns the lines that matter.
-    """
-
-    noisy = False
-
-
 class _Sink:
     """
     Collects a body into memory or a file, refusing more than C{limit}
@@ -127,20 +118,35 @@ class HTTPClient:
     """
     One connection pool per TLS policy, shared by every stage of the daemon.
 
-    @param reactor: provides TCP, TLS and time.
+    By default it builds its own L{Agent}s: one verifying certificates, one
+    for peers configured with C{verify_ssl: false}, each over its own pool.
+    Like treq's C{HTTPClient}, it can instead be given the L{IAgent} to
+    make every call through, e.g. treq.testing's C{RequestTraversalAgent}
+    over a simulator's resource, so that a stage runs without sockets.
+    Everything else (the deadline covering the body, bounded bodies,
+    streaming to a sink, no redirects, L{NotSent}) is the same either way.
+
+    @param reactor: provides time (for the deadline) and, for the built-in
+        agents, TCP and TLS.
     @param timeout: default seconds for a whole call, body included.
+    @param persistent: whether the built-in pools keep connections open.
+    @param agent: the L{IAgent} for every call, whatever C{verify} says
+        (TLS is then the agent's business); C{None} to build the pools.
     """
 
-    def __init__(self, reactor: Any, timeout: float, persistent: bool = True) -> None:
+    def __init__(self, reactor: Any, timeout: float, persistent: bool = True, *, agent: IAgent | None = None) -> None:
         self._reactor = reactor
         self._timeout = timeout
-        self._pools = []
-        self._clients = {}
+        self._pools: list[HTTPConnectionPool] = []
+        self._clients: dict[bool, TreqClient] = {}
+        if agent is not None:
+            client = TreqClient(agent)
+            self._clients = {True: client, False: client}
+            return
         for verify, policy in ((True, BrowserLikePolicyForHTTPS()), (False, _NoVerification())):
             pool = HTTPConnectionPool(reactor, persistent=persistent)
             pool.maxPersistentPerHost = 8
             pool.retryAutomatically = False
-            pool._factory = _QuietFactory
             self._pools.append(pool)
             self._clients[verify] = TreqClient(Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=15))
 
@@ -219,7 +225,8 @@ class HTTPClient:
 
     def close(self) -> Deferred:
         """
-        Drop every cached connection; fires when they are closed.
+        Drop every cached connection; fires when they are closed (at
+        once for a client given its agent: the agent's owner closes it).
         """
         return gatherResults([pool.closeCachedConnections() for pool in self._pools])
 

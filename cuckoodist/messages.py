@@ -47,6 +47,7 @@ __all__ = [
     "decode_json",
     "crits_data_of",
     "peek",
+    "resubmittable",
     "with_retry",
     "MAX_TASK_MESSAGE_BYTES",
 ]
@@ -326,6 +327,31 @@ def with_retry(doc: Mapping[str, Any], retry: RetryInfo) -> bytes:
     fields are kept as they are, unknown ones included.
     """
     return _dump(retry.add_to(dict(doc)))
+
+
+def resubmittable(message: str) -> bytes:
+    """
+    The bytes to publish for a dumped message, with its C{Retry} count
+    cleared.
+
+    The overseer stored the body as text (decoded from UTF-8), so the text
+    encoded as UTF-8 is the body as it was received.  A message without a
+    C{Retry} field is published exactly so.  Text holding a lone surrogate
+    has no UTF-8 form; such a surrogate is written as the JSON escape
+    C{\\udXXX} (C{backslashreplace}), which is how a JSON body must have
+    carried it, so the result is valid UTF-8 and, for a JSON message, the
+    same JSON.  A message whose C{Retry} is cleared is re-serialised as
+    ASCII JSON (as every message here is written), which keeps any lone
+    surrogate as an escape too.
+    """
+    try:
+        doc = json.loads(message)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict) and "Retry" in doc:
+        del doc["Retry"]
+        return _dump(doc)
+    return message.encode("utf-8", "backslashreplace")
 
 
 def crits_data_of(doc: Mapping[str, Any]) -> CritsData | None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_publish -*-
+# -*- test-case-name: tests.test_resubmit,tests.test_e2e -*-
 """
 Publishing a batch of messages so that none is lost: what the CRITs-side
 service, C{cuckoodist demo} and C{cuckoodist resubmit} need.

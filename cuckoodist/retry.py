@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_retry -*-
+# -*- test-case-name: tests.test_feed_upload -*-
 """
 Retrying transient failures inside a stage, before giving up to the
 overseer.

@@ -17,37 +17,64 @@ from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.config import Config, load_config
 from cuckoodist.errors import ConfigError
 from cuckoodist.http import HTTPClient
+from cuckoodist.preflight import preflight
+from cuckoodist.registry import STAGES
 from cuckoodist.stages.base import Stage, StageContext
-from cuckoodist.stages.check_results import CheckResults
-from cuckoodist.stages.feed_cuckoo import FeedCuckoo
-from cuckoodist.stages.overseer import Overseer
-from cuckoodist.stages.parse_and_submit import ParseAndSubmit
 
-__all__ = ["Options", "makeService", "build_daemon", "STAGES"]
-
-STAGES = {
-    "feed_cuckoo": FeedCuckoo,
-    "check_results": CheckResults,
-    "parse_and_submit": ParseAndSubmit,
-    "overseer": Overseer,
-}
+__all__ = ["Options", "makeService", "build_daemon"]
 
 
 class Options(usage.Options):
     """
     Command line of C{twistd cuckoodist}.
+
+    A configuration that cannot be used ends the start with one line on
+    stderr and exit status 1: twistd prints its whole usage before a
+    L{usage.UsageError}, which buries the one line that matters, so
+    L{postOptions} raises L{SystemExit} with that line instead.
     """
 
     synopsis = "-c CONFIG"
+    longdesc = (
+        "Run the pipeline stages that CONFIG lists (feed_cuckoo, check_results, "
+        "parse_and_submit, overseer), against the RabbitMQ, Cuckoo and CRITs it names, "
+        "until SIGTERM, which drains in-flight work for grace_period seconds. A bad "
+        "configuration, or a log_file or dump_dir that cannot be written, stops the start "
+        "with one line naming the key. etc/cuckoodist.yaml is a commented example that runs "
+        "as is against 'cuckoodist simulate'.")
+    examples = (
+        "twistd -n --pidfile= cuckoodist -c etc/cuckoodist.yaml",
+        "twistd --pidfile=/run/cuckoodist.pid -l /var/log/cuckoodist.log cuckoodist -c /etc/cuckoodist/cuckoodist.yaml",
+    )
     optParameters = [
         ["config", "c", "/etc/cuckoodist/cuckoodist.yaml", "Path to the YAML configuration."],
     ]
 
+    def opt_version(self) -> None:
+        """
+        Display the cuckoodist version and exit.
+        """
+        from cuckoodist import __version__
+
+        print(f"cuckoodist {__version__}")
+        raise SystemExit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + "\nExamples:\n" + "".join(f"  {line}\n" for line in self.examples)
+
     def postOptions(self) -> None:
+        """
+        Load and check the configuration, then the paths it names.
+
+        @raise SystemExit: with the one line naming the key, so that the
+            process prints it to stderr and exits with status 1.
+        """
         try:
-            self["parsed"] = load_config(self["config"])
+            config = load_config(self["config"])
+            preflight(config)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            raise SystemExit(f"cuckoodist: {e}") from None
+        self["parsed"] = config
 
 
 class _HTTPService(Service):
@@ -79,7 +106,7 @@ class _LogFileService(Service):
         self._file = open(self._path, "a", encoding="utf-8")
         self._observer = FilteringLogObserver(
             textFileLogObserver(self._file),
-            [LogLevelFilterPredicate(defaultLogLevel=self._level)],
+            [level_filter(self._level)],
         )
         globalLogPublisher.addObserver(self._observer)
 
@@ -119,6 +146,23 @@ class _DaemonService(MultiService):
         return Deferred.fromCoroutine(stop_in_order())
 
 
+#: Twisted's HTTP client logs every new pooled connection at info level
+#: ("Starting factory"); with hundreds of analyses an hour that drowns the
+#: lines that matter.
+_QUIET_NAMESPACES = ("twisted.web.client._HTTP11ClientFactory",)
+
+
+def level_filter(level: LogLevel) -> LogLevelFilterPredicate:
+    """
+    The filter of the daemon's log: events below C{level}, and Twisted's
+    per-connection chatter below warnings, are left out.
+    """
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    for namespace in _QUIET_NAMESPACES:
+        predicate.setLogLevelForNamespace(namespace, max(level, LogLevel.warn))
+    return predicate
+
+
 def _level(name: str) -> LogLevel:
     """
     The twisted.logger level for a C{log_level} setting.
@@ -143,8 +187,10 @@ def build_daemon(config: Config, reactor: Any) -> MultiService:
     connection.setServiceParent(root)
     http = HTTPClient(reactor, config.http_timeout)
     _HTTPService(http).setServiceParent(root)
-    level_filter = FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(_level(config.log_level))])
-    context = StageContext(reactor=reactor, connection=connection, http=http, config=config, log_observer=level_filter)
+    stage_log = FilteringLogObserver(globalLogPublisher, [level_filter(_level(config.log_level))])
+    context = StageContext(
+        reactor=reactor, connection=connection, http=http, config=config, log_observer=stage_log, stage_types=STAGES
+    )
     for stage_config in config.stages:
         STAGES[stage_config.type](context, stage_config).setServiceParent(root)
     return root

@@ -1,12 +1,15 @@
 """
 Machinery for the fault-injection tests: daemons as twistd processes that
-can be killed, the broker's control tool, and the tally of what became of
-every sample (delivered, duplicated, dumped, lost).
+can be killed, control of a private broker node, and the tally of what
+became of every sample (delivered, duplicated, dumped, lost).
+
+Nothing here runs C{rabbitmqctl} against the shared broker: its queues are
+read over AMQP (a passive C{queue.declare}), and whatever changes or
+closes things on a broker takes a private L{tests.rabbitnode.RabbitNode}.
 """
 
 import json
 import os
-import shutil
 import signal
 from collections import Counter
 from typing import Any, Iterator
@@ -17,13 +20,18 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet.threads import deferToThread
+from txamqp.client import ChannelClosed
 
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import QueueConsumer
+from cuckoodist.amqp.protocol import describe_close
+from cuckoodist.config import Config
+from cuckoodist.stages.parse_and_submit import cleanup_queue
 from cuckoodist.dump import DumpStore
 from cuckoodist.simulators.crits import CritsSimulator
 from tests import harness
+from tests.rabbitnode import RabbitNode
 
 
 class _Exit(ProcessProtocol):
@@ -210,41 +218,78 @@ def tally(expected: dict[str, str], peers: harness.Peers, finishes: Counter, dum
     )
 
 
-async def queue_depths(prefix: str) -> dict[str, int]:
+def work_queues(config: Config) -> list[str]:
     """
-    Messages ready or unacked in each broker queue named under C{prefix}.
+    The queues a daemon with C{config} consumes: each stage's queue, and
+    the clean-up queue of a parse_and_submit stage that deletes tasks.
     """
-    listing = await rabbitmqctl("list_queues", "--no-table-headers", "name", "messages")
+    names = []
+    for stage in config.stages:
+        names.append(stage.consumer_queue)
+        if getattr(stage, "cuckoo_cleanup", False) and not getattr(stage, "producer_queue", ""):
+            names.append(cleanup_queue(stage.consumer_queue))
+    return names
+
+
+async def queue_depths(connection: AMQPConnectionService, queues: list[str]) -> dict[str, int]:
+    """
+    Messages ready in each of C{queues}, by a passive C{queue.declare} on
+    a channel of our own (no C{rabbitmqctl}, so the broker may be anywhere).
+    Unacknowledged messages are not counted: AMQP does not tell them.  A
+    queue that does not exist counts as empty.
+    """
+    client = await connection.whenConnected(failAfterFailures=3)
     depths = {}
-    for line in listing.splitlines():
-        name, _, count = line.rpartition("\t")
-        if name.startswith(prefix + "/"):
-            depths[name] = int(count)
+    for name in queues:
+        channel = await client.open_channel()
+        try:
+            reply = await channel.queue_declare(queue=name, passive=True)
+        except ChannelClosed as e:
+            if not describe_close(e).startswith("404 "):
+                raise
+            depths[name] = 0  # the broker closed this channel: no such queue
+            continue
+        depths[name] = reply.message_count
+        await channel.channel_close()
     return depths
 
 
-async def quiet(peers: harness.Peers, finishes: Counter, prefix: str, seconds: float = 4.0, timeout: float = 90.0) -> None:
+async def quiet(
+    peers: harness.Peers,
+    finishes: Counter,
+    config: Config,
+    seconds: float = 4.0,
+    timeout: float = 90.0,
+) -> None:
     """
-    Wait until the test's queues hold nothing (ready or unacked) and
+    Wait until the queues of C{config}'s stages hold no ready message and
     neither simulator has seen a new task or finish for C{seconds}, so
-    that late duplicates are counted too.  Messages held in the shared
-    delay queues show up within C{seconds} when they are no longer than it.
+    that late duplicates are counted too.  A message a stage holds unacked
+    is still being worked on, so it shows up as a task or a finish within
+    C{seconds}; messages held in the delay queues show up within
+    C{seconds} when they are no longer than it.
 
     @raise AssertionError: the pipeline did not settle within C{timeout}.
     """
-    start = reactor.seconds()
-    last, since = None, start
-    while True:
-        depths = await queue_depths(prefix)
-        now = (len(peers.cuckoo.state()["tasks"]), sum(finishes.values()), sum(depths.values()))
-        moment = reactor.seconds()
-        if now != last or now[2]:
-            last, since = now, moment
-        elif moment - since >= seconds:
-            return
-        if moment - start > timeout:
-            raise AssertionError(f"the pipeline did not settle in {timeout:g} s: {depths}")
-        await deferLater(reactor, 0.5, lambda: None)
+    connection = AMQPConnectionService(reactor, config.amqp)
+    connection.startService()
+    try:
+        queues = work_queues(config)
+        start = reactor.seconds()
+        last, since = None, start
+        while True:
+            depths = await queue_depths(connection, queues)
+            now = (len(peers.cuckoo.state()["tasks"]), sum(finishes.values()), sum(depths.values()))
+            moment = reactor.seconds()
+            if now != last or now[2]:
+                last, since = now, moment
+            elif moment - since >= seconds:
+                return
+            if moment - start > timeout:
+                raise AssertionError(f"the pipeline did not settle in {timeout:g} s: {depths}")
+            await deferLater(reactor, 0.5, lambda: None)
+    finally:
+        await connection.stopService()
 
 
 def consumers(service: IService) -> Iterator[QueueConsumer]:
@@ -268,61 +313,46 @@ def connection_of(service: MultiService) -> AMQPConnectionService:
     raise LookupError("the daemon has no AMQP connection service")
 
 
-async def rabbitmqctl(*args: str) -> str:
+async def node_ctl(node: RabbitNode, *args: str) -> str:
     """
-    Run C{rabbitmqctl} on the local broker.
+    Run C{rabbitmqctl} against a private node, in a thread so that the
+    reactor (and a daemon running in it) keeps going meanwhile.
 
-    @raise RuntimeError: it exited non-zero.
+    @raise tests.rabbitnode.RabbitNodeError: it failed.
     """
-    path = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    out, err, code = await getProcessOutputAndValue(path, ("-q",) + args, env=dict(os.environ))
-    if code != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} exited {code}: {err.decode(errors='replace').strip()}")
-    return out.decode(errors="replace").strip()
+    return await deferToThread(node.ctl, *args)
 
 
-async def get_rabbit_env(key: str) -> str | None:
+async def set_rabbit_env(node: RabbitNode, key: str, term: str) -> None:
     """
-    The broker's C{rabbit} application setting C{key} as an Erlang term,
-    or C{None} when unset.
+    Set the private node's C{rabbit} application setting C{key} to the
+    Erlang term C{term}, for settings C{rabbitmq.conf} cannot express
+    (C{channel_tick_interval}).  Channels opened afterwards use it.
     """
-    answer = await rabbitmqctl("eval", f"application:get_env(rabbit, {key}).")
-    if answer == "undefined":
-        return None
-    if not (answer.startswith("{ok,") and answer.endswith("}")):
-        raise RuntimeError(f"unexpected answer for {key}: {answer!r}")
-    return answer[len("{ok,"):-1]
+    await node_ctl(node, "eval", f"application:set_env(rabbit, {key}, {term}).")
+    answer = (await node_ctl(node, "eval", f"application:get_env(rabbit, {key}).")).strip()
+    if answer != f"{{ok,{term}}}":
+        raise RuntimeError(f"{key} is {answer!r} after setting it to {term}")
 
 
-async def set_rabbit_env(key: str, term: str | None) -> None:
+async def close_connection_from(node: RabbitNode, local_port: int, why: str) -> str:
     """
-    Set (or with C{None}, unset) the broker's C{rabbit} setting C{key}.
-    """
-    if term is None:
-        await rabbitmqctl("eval", f"application:unset_env(rabbit, {key}).")
-    else:
-        await rabbitmqctl("eval", f"application:set_env(rabbit, {key}, {term}).")
-
-
-async def close_connection_from(local_port: int, why: str) -> str:
-    """
-    Have the broker close the client connection coming from C{local_port}
-    (as C{rabbitmqctl close_all_connections} would, but sparing other
-    users of a shared broker).
+    Have the private node close the client connection coming from
+    C{local_port}, as an operator's C{rabbitmqctl close_connection} would.
 
     @return: the broker's name for the closed connection.
     """
-    listing = await rabbitmqctl("list_connections", "--no-table-headers", "pid", "name", "peer_port")
+    listing = await node_ctl(node, "list_connections", "--no-table-headers", "pid", "name", "peer_port")
     for line in listing.splitlines():
         pid, name, port = (line.split("\t") + ["", ""])[:3]
         if port.strip() == str(local_port):
-            await rabbitmqctl("close_connection", pid, why)
+            await node_ctl(node, "close_connection", pid, why)
             return name
     raise LookupError(f"no broker connection from port {local_port} in {listing!r}")
 
 
 __all__ = [
     "DaemonProcess", "Tally", "close_connection_from", "connection_of", "consumers", "count_finishes",
-    "dump_records", "get_rabbit_env", "publish_samples", "queue_depths", "quiet", "rabbitmqctl", "set_rabbit_env", "tally",
-    "write_config",
+    "dump_records", "node_ctl", "publish_samples", "queue_depths", "quiet", "set_rabbit_env", "tally",
+    "work_queues", "write_config",
 ]

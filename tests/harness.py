@@ -182,7 +182,7 @@ async def delete_queues(amqp: Any, names: list[str]) -> None:
     Remove a test's queues from the broker, and the clean-up queue that
     goes with each (deleting a queue that does not exist is no error).
     """
-    from cuckoodist.config import cleanup_queue
+    from cuckoodist.stages.parse_and_submit import cleanup_queue
 
     connection = AMQPConnectionService(reactor, amqp)
     connection.startService()

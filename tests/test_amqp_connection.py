@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, globalLogPublisher, formatEvent
 from twisted.trial.unittest import TestCase
 
 from cuckoodist.amqp.connection import AMQPConnectionService
-from cuckoodist.config import _parse_amqp
+from cuckoodist.config import parse_amqp_url
 
 AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 SECRET = "not-the-password-4711"
@@ -48,7 +48,7 @@ class ConnectionReportTests(TestCase):
             failures.append(n)
             return 0.05
 
-        service = AMQPConnectionService(reactor, _parse_amqp(url, ("amqp",)), retry_policy=policy)
+        service = AMQPConnectionService(reactor, parse_amqp_url(url, ("amqp",)), retry_policy=policy)
         service.startService()
         try:
             for _ in range(400):
@@ -107,7 +107,7 @@ class ConnectionReportTests(TestCase):
         A good connection is reported once, at info level, with no warning.
         """
         async def go() -> None:
-            service = await self.run_service(AMQP_URL, 1)
+            await self.run_service(AMQP_URL, 1)
             infos = [line for line in self.lines(LogLevel.info) if "Connected to RabbitMQ" in line]
             self.assertEqual(infos, ["Connected to RabbitMQ at 127.0.0.1:5672/"])
             self.assertEqual(self.lines(LogLevel.warn), [])

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.topology import declare_queue
-from cuckoodist.config import _parse_amqp
+from cuckoodist.config import parse_amqp_url
 from tests.rabbitnode import SKIP_REASON, TestPKI, private_node
 
 
@@ -37,7 +37,7 @@ class AmqpsTests(TestCase):
         """
         failures = []
         service = AMQPConnectionService(
-            reactor, _parse_amqp(url, ("amqp",)), retry_policy=lambda n: failures.append(n) or 0.05
+            reactor, parse_amqp_url(url, ("amqp",)), retry_policy=lambda n: failures.append(n) or 0.05
         )
         service.startService()
         self.addCleanup(service.stopService)

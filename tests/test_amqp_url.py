@@ -8,7 +8,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cuckoodist.config import _parse_amqp
+from cuckoodist.config import parse_amqp_url
 from cuckoodist.errors import ConfigError
 
 
@@ -19,14 +19,14 @@ class AmqpsUrlTests(SynchronousTestCase):
         self.addCleanup(os.remove, self.pem)
 
     def parse(self, query: str):
-        return _parse_amqp(f"amqps://u:hunter2@rabbit.example/?{query}", ("amqp",))
+        return parse_amqp_url(f"amqps://u:hunter2@rabbit.example/?{query}", ("amqp",))
 
     def test_defaults_verify(self) -> None:
         """
         Without parameters, amqps verifies against the system store and the
         host name, with no client certificate.
         """
-        amqp = _parse_amqp("amqps://u:p@rabbit.example/", ("amqp",))
+        amqp = parse_amqp_url("amqps://u:p@rabbit.example/", ("amqp",))
         self.assertEqual((amqp.verify, amqp.ca_file, amqp.cert_file, amqp.key_file, amqp.server_name),
                          (True, None, None, None, None))
 
@@ -52,7 +52,7 @@ class AmqpsUrlTests(SynchronousTestCase):
             ("amqps://u:hunter2@h/?verify=verify_none&verify=verify_peer", "verify is given more than once"),
             ("amqps://u:hunter2@h/?server_name_indication=a%20b", "server_name_indication must be a host name"),
         ]:
-            e = self.assertRaises(ConfigError, _parse_amqp, url, ("amqp",))
+            e = self.assertRaises(ConfigError, parse_amqp_url, url, ("amqp",))
             self.assertEqual(e.reason, reason)
             self.assertNotIn("hunter2", str(e))
             self.assertNotIn("\n", str(e))

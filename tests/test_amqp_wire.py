@@ -107,7 +107,7 @@ class EncodingTests(SynchronousTestCase):
         from io import BytesIO
 
         from txamqp.codec import Codec
-        from txamqp.connection import Frame, Method
+        from txamqp.connection import Method
 
         args = (0, "work/queue", False, True, False, False, False, {"x-dead-letter-exchange": "dlx"})
         out = BytesIO()

@@ -18,7 +18,7 @@ from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import QueueConsumer
 from cuckoodist.amqp.topology import InvalidQueueName, declare_queue
 from cuckoodist.amqp.wire import UnframeableValue
-from cuckoodist.config import _parse_amqp
+from cuckoodist.config import parse_amqp_url
 
 AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -36,7 +36,7 @@ class WritePathTests(TestCase):
 
     def setUp(self) -> Deferred:
         self.service = AMQPConnectionService(
-            reactor, _parse_amqp(AMQP_URL, ("amqp",)), retry_policy=lambda n: 0.1
+            reactor, parse_amqp_url(AMQP_URL, ("amqp",)), retry_policy=lambda n: 0.1
         )
         self.service.startService()
         self.queues: list[str] = []

@@ -16,19 +16,13 @@ from hypothesis import strategies as st
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from cuckoodist.config import (
-    CRITS_BODY_LIMIT,
-    PARSERS,
-    CheckResultsConfig,
-    Config,
-    CuckooConfig,
-    FeedCuckooConfig,
-    OverseerConfig,
-    ParseAndSubmitConfig,
-    load_config,
-    parse_config,
-)
+from cuckoodist.config import CRITS_BODY_LIMIT, Config, CuckooConfig, load_config, parse_config
 from cuckoodist.errors import ConfigError
+from cuckoodist.report.rows import STAGE_PARSERS as PARSERS
+from cuckoodist.stages.check_results import CheckResultsConfig
+from cuckoodist.stages.feed_cuckoo import FeedCuckooConfig
+from cuckoodist.stages.overseer import OverseerConfig
+from cuckoodist.stages.parse_and_submit import ParseAndSubmitConfig
 
 EXAMPLE = FilePath(__file__).parent().parent().child("etc").child("cuckoodist.yaml")
 
@@ -229,7 +223,7 @@ class ExampleFileTests(SynchronousTestCase):
             [s.type for s in config.stages],
             ["feed_cuckoo", "check_results", "parse_and_submit", "overseer"],
         )
-        self.assertEqual(config.stages[-1].dump_dir, "/var/lib/cuckoodist/dump")
+        self.assertEqual(config.stages[-1].dump_dir, "dump")
 
     def test_every_key_used(self) -> None:
         """

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cuckoodist.config import STAGE_TYPES, Config, parse_config
+from cuckoodist.config import Config, parse_config
+from cuckoodist.registry import STAGES
 from cuckoodist.errors import ConfigError
 
 _NASTY_CHARACTERS = ["\ud800", "\udfff", "\udc80", "\x00", "\n", "\x1b", "\u202e", "\ufeff"]
@@ -104,7 +105,7 @@ def _documents(draw: st.DrawFn) -> tuple[Any, list[str]]:
     stages = []
     for _ in range(draw(st.integers(0, 3))):
         stage = draw(st.dictionaries(_keys, _values, max_size=4))
-        stage["type"] = draw(st.one_of(st.sampled_from(STAGE_TYPES), _values))
+        stage["type"] = draw(st.one_of(st.sampled_from(sorted(STAGES)), _values))
         stages.append(stage)
     doc["stages"] = draw(st.one_of(st.just(stages), _values))
     return doc, secrets

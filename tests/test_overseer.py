@@ -16,6 +16,7 @@ from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.attempts import AttemptMemory, identity
 from cuckoodist.dump import DumpStore
+from cuckoodist.registry import STAGES
 from cuckoodist.stages.overseer import retry_targets
 from cuckoodist.tap import build_daemon
 from tests import harness
@@ -209,7 +210,7 @@ class RetryTargetTests(SynchronousTestCase):
         }
         config = harness.parse_config(doc)
         self.assertEqual(
-            retry_targets(config, config.stages[1]),
+            retry_targets(config, config.stages[1], STAGES),
             {"a/feed", "a/check", "extra/q", "worker/feed_cuckoo", "worker/check_results", "worker/parse_and_submit"},
         )
 

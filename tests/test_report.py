@@ -417,3 +417,42 @@ class TimeTests(SynchronousTestCase):
                          "2015-03-05 10:00:00,456")
         self.assertEqual(format_log_time(None), "")
         self.assertEqual(format_log_time(False), "")
+
+
+class OneSourceTests(SynchronousTestCase):
+    """
+    The parser names and the section walk are each defined once, in the
+    report package, for every reader.
+    """
+
+    def test_parser_names(self) -> None:
+        """
+        The configuration's parser names and parse_and_submit's report
+        parsers are the report package's.
+        """
+        import attrs
+
+        from cuckoodist.report import rows
+        from cuckoodist.stages import parse_and_submit
+
+        self.assertIs(attrs.fields(parse_and_submit.ParseAndSubmitConfig).enabled_parsers.default, rows.STAGE_PARSERS)
+        self.assertIs(parse_and_submit.REPORT_PARSERS, rows.PARSERS)
+        self.assertEqual(rows.STAGE_PARSERS, rows.REPORT_PARSERS + ("dropped",))
+        self.assertEqual(PARSERS, frozenset(rows.REPORT_PARSERS))
+
+    def test_readers_are_walkers(self) -> None:
+        """
+        The text walk, the event walk and the plain reader each give every
+        operation of the one L{Walker} the section walk uses, and share its
+        L{Walker.pick}.
+        """
+        from cuckoodist.report._text import _Text
+        from cuckoodist.report._walker import Walker
+        from cuckoodist.report.extract import _Events
+        from cuckoodist.report.plain import _Decoded
+
+        for reader in (_Text, _Events, _Decoded):
+            for name in ("kind", "entries", "items", "skip", "whole", "scalar", "calls"):
+                self.assertIsNot(getattr(reader, name), getattr(Walker, name),
+                                 (reader, name))
+            self.assertIs(reader.pick, Walker.pick)

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cuckoodist import cli
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import QueueConsumer
-from cuckoodist.commands.resubmit import ResubmitOptions, message_body, resubmit
+from cuckoodist.commands.resubmit import ResubmitOptions, resubmit
+from cuckoodist.messages import resubmittable
 from cuckoodist.config import parse_config
 from tests import harness
 
@@ -126,7 +127,7 @@ class OptionsTests(SynchronousTestCase):
 
 class MessageBodyTests(SynchronousTestCase):
     """
-    L{message_body} publishes what was received, and always valid UTF-8.
+    L{resubmittable} publishes what was received, and always valid UTF-8.
     """
 
     def test_exact_bytes(self) -> None:
@@ -136,7 +137,7 @@ class MessageBodyTests(SynchronousTestCase):
         escape of a lone surrogate, and text that is not JSON.
         """
         for text in ['{ "a" : "\u00e9t\u00e9" }', '{"x":"\\ud800"}', "not json \u00e9", "[1, 2]"]:
-            self.assertEqual(message_body(text), text.encode("utf-8"))
+            self.assertEqual(resubmittable(text), text.encode("utf-8"))
 
     def test_lone_surrogate_in_text(self) -> None:
         """
@@ -144,7 +145,7 @@ class MessageBodyTests(SynchronousTestCase):
         surrogate as a JSON escape: valid UTF-8, and the same JSON.
         """
         text = '{"x":"a\ud800b","y":"\u00e9"}'
-        body = message_body(text)
+        body = resubmittable(text)
         self.assertEqual(body, b'{"x":"a\\ud800b","y":"\xc3\xa9"}')
         self.assertEqual(json.loads(body), json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")))
 
@@ -153,7 +154,7 @@ class MessageBodyTests(SynchronousTestCase):
         C{Retry} is removed, and a lone surrogate in another field stays an
         escape, so the body is ASCII.
         """
-        body = message_body('{"Retry":{"attempts":3},"x":"\\ud800","y":"\u00e9"}')
+        body = resubmittable('{"Retry":{"attempts":3},"x":"\\ud800","y":"\u00e9"}')
         body.decode("ascii")
         self.assertEqual(json.loads(body), {"x": "\ud800", "y": "\u00e9"})
 
@@ -163,7 +164,7 @@ class MessageBodyTests(SynchronousTestCase):
         as it is instead of crashing.
         """
         for text in ["[" * 100000 + "]" * 100000, '{"Retry":1,"n":' + "9" * 5000 + "}"]:
-            self.assertEqual(message_body(text), text.encode("ascii"))
+            self.assertEqual(resubmittable(text), text.encode("ascii"))
 
 
 class ResubmitBrokerTests(TestCase):

@@ -38,6 +38,10 @@ __all__ = ["AMQPConnectionService", "SPEC_PATH", "load_amqp_spec"]
 
 log = Logger()
 
+#: The longest wait between connection attempts: the time the daemon may
+#: stay idle after its broker is back.
+_MAX_RECONNECT_DELAY = 5.0
+
 SPEC_PATH = os.path.join(os.path.dirname(__file__), "spec", "amqp0-9-1-rabbitmq.xml")
 
 #: Seconds from TCP connect to an open vhost; a peer that is not a broker
@@ -144,8 +148,10 @@ class AMQPConnectionService(ClientService):
     @param reactor: the reactor to connect with and to time retries on.
     @param amqp: the C{amqp} section of the configuration.
     @param retry_policy: seconds to wait after N failed attempts; the
-        default backs off from 1 s to 30 s with jitter.  Delays are rounded
-        to tenths of a second.
+        default backs off from 1 s to 5 s with jitter, so the daemon is
+        consuming again within seconds of a broker coming back, however
+        long it was away (a refused connection costs the broker nothing).
+        Delays are rounded to tenths of a second.
     @param log: where connection state changes go.
     @raise ConfigError: a TLS file cannot be read or parsed.
     """
@@ -161,7 +167,7 @@ class AMQPConnectionService(ClientService):
         self._where = f"{amqp.host}:{amqp.port}{'' if amqp.vhost.startswith('/') else '/'}{amqp.vhost}"
         self._report = ConnectionLog(self._where, log)
         self._why: str | None = None
-        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
+        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=_MAX_RECONNECT_DELAY)
         endpoint = HostnameEndpoint(reactor, amqp.host, amqp.port, timeout=15)
         if amqp.tls:
             endpoint = wrapClientTLS(client_tls_options(amqp), endpoint)

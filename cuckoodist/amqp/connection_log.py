@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_amqp_connection_log -*-
+# -*- test-case-name: tests.test_amqp_connection -*-
 """
 What the operator is told about the broker connection.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_amqp -*-
+# -*- test-case-name: tests.test_feed_capacity,tests.test_amqp_writepath -*-
 """
 Consuming one queue with at-least-once semantics.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_amqp -*-
+# -*- test-case-name: tests.test_amqp_writepath,tests.test_amqp_connection -*-
 """
 The AMQP client protocol: txAMQP plus RabbitMQ publisher confirms.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_amqp -*-
+# -*- test-case-name: tests.test_amqp_writepath -*-
 """
 Queue and delay declarations.
 

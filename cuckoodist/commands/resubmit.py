@@ -18,7 +18,6 @@ by C{--timeout}.
 from __future__ import annotations
 
 import getopt
-import json
 import os
 import sys
 from typing import IO, Any, Iterable, Sequence
@@ -30,12 +29,13 @@ from twisted.python import usage
 
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.names import queue_name_problem
-from cuckoodist.config import load_config, parse_config
+from cuckoodist.config import DEFAULT_AMQP_URL, load_config, parse_amqp_url
 from cuckoodist.dump import DumpRecord, DumpStore
 from cuckoodist.errors import ConfigError
+from cuckoodist.messages import resubmittable
 from cuckoodist.publish import publish_confirmed
 
-__all__ = ["ResubmitOptions", "run", "resubmit", "message_body"]
+__all__ = ["ResubmitOptions", "run", "resubmit"]
 
 #: Seconds the whole publish (connecting included) may take by default.
 DEFAULT_TIMEOUT = 60.0
@@ -110,14 +110,11 @@ class ResubmitOptions(usage.Options):
                 config = load_config(self["config"])
                 if not self["any-queue"]:
                     self["allowed_queues"] = frozenset(s.consumer_queue for s in config.stages)
+                self["amqp_config"] = config.amqp
             else:
-                doc: dict[str, Any] = {"stages": [{"type": "overseer", "dump_dir": "unused"}]}
-                if self["amqp"]:
-                    doc["amqp"] = self["amqp"]
-                config = parse_config(doc)
+                self["amqp_config"] = parse_amqp_url(self["amqp"] or DEFAULT_AMQP_URL, ("--amqp",))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        self["amqp_config"] = config.amqp
 
 
 def _shown(text: str) -> str:
@@ -126,31 +123,6 @@ def _shown(text: str) -> str:
     with escapes unless it is plainly printable.
     """
     return text if text.isprintable() else ascii(text)
-
-
-def message_body(message: str) -> bytes:
-    """
-    The bytes to publish for a dumped message, with its C{Retry} count
-    cleared.
-
-    The overseer stored the body as text (decoded from UTF-8), so the text
-    encoded as UTF-8 is the body as it was received.  A message without a
-    C{Retry} field is published exactly so.  Text holding a lone surrogate
-    has no UTF-8 form; such a surrogate is written as the JSON escape
-    C{\\udXXX} (C{backslashreplace}), which is how a JSON body must have
-    carried it, so the result is valid UTF-8 and, for a JSON message, the
-    same JSON.  A message whose C{Retry} is cleared is re-serialised as
-    ASCII JSON (as L{cuckoodist.messages} writes), which keeps any lone
-    surrogate as an escape too.
-    """
-    try:
-        doc = json.loads(message)
-    except (ValueError, RecursionError):
-        doc = None
-    if isinstance(doc, dict) and "Retry" in doc:
-        del doc["Retry"]
-        return json.dumps(doc, separators=(",", ":")).encode("ascii")
-    return message.encode("utf-8", "backslashreplace")
 
 
 @attrs.frozen
@@ -188,7 +160,7 @@ def _plan(
                 (path, f"queue {_shown(record.queue)} is not consumed by any configured stage (see --any-queue)")
             )
         else:
-            chosen.append((path, record.queue, message_body(record.message)))
+            chosen.append((path, record.queue, resubmittable(record.message)))
     return _Plan(chosen, skipped)
 
 

@@ -42,6 +42,11 @@ Reports are hostile, so nothing here grows with what the report chooses:
     L{rows.MAX_ARGUMENTS_SIZE} (L{_Text.sized}).
   - Every read checks the caller's stop flag (see L{_guard.check_stop}).
 
+Which pieces are read, and where, is not decided here: L{_Text} is a
+L{Walker}, and L{_walker.read_report} walks the sections through it, as it
+does the event walk's.  This module supplies the operations, and the fast
+path of a process's call list (L{_calls}).
+
 This path only has to be right on what it accepts.  Whatever surprises it
 (invalid or truncated JSON, bad UTF-8, a constant such as C{NaN}, a byte
 order mark, a number longer than a slice) raises L{Fallback}, and the caller
@@ -60,12 +65,12 @@ from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterator
 
 from cuckoodist.report._guard import check_stop
+from cuckoodist.report._walker import PIECE_TEXT, PROCESS_TEXT, CallRow, Walker, read_report
 from cuckoodist.report.rows import (
     MAX_ARGUMENTS_SIZE,
     MAX_STRING,
     OVERSIZED,
     PIECES,
-    PROCESS_HEADER_KEYS,
     SIZE_DEPTH,
     RowCollector,
     arguments_size,
@@ -146,6 +151,8 @@ _MAX_DEPTH = 64
 #: Raw characters of a long string decoded for a row: enough for
 #: C{MAX_STRING + 2} characters even if each is an escaped surrogate pair.
 _LONG = 12 * (MAX_STRING + 2)
+#: The slices L{_Text.whole} tries for each size it is asked for.
+_WHOLE = {PROCESS_TEXT: (_TINY, _SMALL), PIECE_TEXT: (_TINY, _SMALL, _SLICE)}
 #: A JSON number or literal, for values stepped over flat.
 _SCALAR = re.compile(r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++|)(?:[eE][-+]?+[0-9]++|)"
                      r"|true|false|null")
@@ -163,9 +170,10 @@ def _scanner() -> Callable[[str, int], tuple[Any, int]]:
     return json.JSONDecoder(parse_constant=_constant).scan_once
 
 
-class _Text:
+class _Text(Walker):
     """
-    A window on the report text, refilled one read block at a time.
+    A window on the report text, refilled one read block at a time, and
+    the L{Walker} on it.
 
     @ivar text: the decoded text held.
     @ivar pos: the index in L{text} where the walk is.
@@ -270,37 +278,17 @@ class _Text:
             return self._build_string()
         raise Fallback("long scalar")
 
-    def pick(self, spec: Any) -> Any:
-        """
-        @return: the value at L{pos}, decoded whole if it fits in a slice
-            (its size is then bounded), otherwise with only the parts
-            C{spec} names built (see L{rows.PIECES}) and the rest stepped
-            over: a container where C{spec} wants a scalar becomes C{None}.
-        """
-        value, done = self.scan((_TINY, _SMALL, _SLICE))
-        if done:
-            return value
-        first = self.text[self.pos]
-        if first == "{" and type(spec) is dict:
-            picked = {}
-            for key in self.entries():
-                if key in spec:
-                    picked[key] = self.pick(spec[key])
-                else:
-                    self.skip()
-            return picked
-        if first == "[" and type(spec) is int:
-            items = []
-            for _ in self.items():
-                if len(items) < spec:
-                    items.append(self.pick(None))
-                else:
-                    self.skip()
-            return items
-        if first == "{" or first == "[":
-            self.skip()
-            return None
+    def kind(self) -> str:
+        return self.skip_ws()
+
+    def whole(self, most: int) -> tuple[Any, bool]:
+        return self.scan(_WHOLE[most])
+
+    def scalar(self) -> Any:
         return self.build()
+
+    def calls(self, kept: list, room: int, row: CallRow) -> int:
+        return _calls(self, kept, room, row)
 
     def sized(self, room: int, depth: int = 0) -> tuple[Any, int]:
         """
@@ -505,6 +493,14 @@ class _Text:
             return False
         return True
 
+    def after_item(self) -> bool:
+        """
+        Step over what follows an array item.
+
+        @return: whether the array ended.
+        """
+        return self._closed("]")
+
     def _closed(self, closer: str) -> bool:
         """
         Step over what follows a member: a comma, or the closing character.
@@ -636,12 +632,8 @@ def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
             if type(call) is dict:
                 kept.append(row(call, len(kept)))
                 seen += 1
-            char = text.skip_ws()
-            text.pos += 1
-            if char == "]":
+            if text.after_item():
                 return seen
-            if char != ",":
-                raise Fallback("expected , or ]")
             text.skip_ws()
             continue
         count, closed = text.count_dict_items()
@@ -653,87 +645,8 @@ def _calls(text: _Text, kept: list[tuple[str, dict]], room: int,
         # escape it refuses): step over it the slow way.
         seen += text.skip_ws() == "{"
         text.skip()
-        char = text.skip_ws()
-        text.pos += 1
-        if char == "]":
+        if text.after_item():
             return seen
-        if char != ",":
-            raise Fallback("expected , or ]")
-
-
-def _small_process(process: dict, collector: RowCollector) -> None:
-    """
-    A process read whole (it fits in a small slice), handed over as the
-    plain extractor does: a hostile list of millions of small processes
-    then costs one C call each.
-    """
-    calls = process.get("calls")
-    dict_calls = ([call for call in calls if type(call) is dict]
-                  if type(calls) is list else [])
-    room = collector.call_room
-    collector.add_process_rows(
-        process, [collector.api_call(call, index) for index, call in enumerate(dict_calls[:room])],
-        len(dict_calls))
-
-
-def _process(text: _Text, collector: RowCollector) -> None:
-    process, done = text.scan((_TINY, _SMALL))
-    if done and type(process) is dict:
-        _small_process(process, collector)
-        return
-    header: dict[str, Any] = {}
-    kept: list[tuple[str, dict]] = []
-    seen = 0
-    for key in text.entries():
-        if key == "calls" and text.skip_ws() == "[":
-            seen += _calls(text, kept, collector.call_room, collector.api_call)
-        elif key in PROCESS_HEADER_KEYS:
-            header[key] = text.pick(None)
-        else:
-            text.skip()
-    collector.add_process_rows(header, kept, seen)
-
-
-def _behavior(text: _Text, collector: RowCollector) -> None:
-    for key in text.entries():
-        first = text.skip_ws()
-        if key == "processes" and first == "[":
-            for item in text.items():
-                if item == "{":
-                    _process(text, collector)
-                else:
-                    text.skip()
-        elif key == "summary" and first == "{":
-            for name in text.entries():
-                if collector.wants_summary(name) and text.skip_ws() == "[":
-                    _summary(text, collector, name)
-                else:
-                    text.skip()
-        else:
-            text.skip()
-
-
-def _summary(text: _Text, collector: RowCollector, name: str) -> None:
-    """
-    Hand a summary list to the collector item by item, so a list of
-    millions of paths is never held (a pair is read as a short list).
-    """
-    spec = PIECES["pair"] if collector.pairs(name) else None
-    for _ in text.items():
-        collector.add_summary_item(name, text.pick(spec))
-
-
-def _network(text: _Text, collector: RowCollector) -> None:
-    adders = {"hosts": (collector.add_host, PIECES["host"]),
-              "domains": (collector.add_domain, PIECES["domain"]),
-              "http": (collector.add_http, PIECES["http"])}
-    for key in text.entries():
-        add = adders.get(key)
-        if add is not None and text.skip_ws() == "[":
-            for _ in text.items():
-                add[0](text.pick(add[1]))
-        else:
-            text.skip()
 
 
 def walk(fp: BinaryIO, collector: RowCollector, read_size: int,
@@ -749,22 +662,9 @@ def walk(fp: BinaryIO, collector: RowCollector, read_size: int,
     @raise Cancelled: if C{stop} was set.
     """
     text = _Text(fp, read_size, stop)
-    if text.skip_ws() != "{":
+    if text.kind() != "{":
         # Not a report; the event walk says why.
         raise Fallback("not a JSON object")
-    for key in text.entries():
-        collector.evidence.top_key(key)
-        kind = text.skip_ws()
-        if key == "info":
-            collector.set_info(text.pick(PIECES["info"]))
-        elif key == "signatures" and kind == "[":
-            for _ in text.items():
-                collector.add_signature(text.pick(PIECES["signature"]))
-        elif key == "behavior" and kind == "{":
-            _behavior(text, collector)
-        elif key == "network" and kind == "{":
-            _network(text, collector)
-        else:
-            text.skip()
+    read_report(text, collector)
     if text.skip_ws() != "":
         raise Fallback("trailing data")

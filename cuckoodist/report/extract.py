@@ -30,13 +30,16 @@ the text walk of L{cuckoodist.report._text}, which makes no events at all
 (a call past the cap costs one C{re} match) and runs about twice as fast;
 when the file is anything but plain valid JSON, or the text walk meets a
 shape it will not build in one short C call, the file is rewound and read
-again by the event walk, which gives the rows or words the error.
+again by the event walk, which gives the rows or words the error.  Both
+walks, and the reference reader, go through the same section walk
+(L{cuckoodist.report._walker.read_report}); this module only supplies the
+L{Walker} operations on events (L{_Events}).
 
 The event walk cannot skip what it is not asked for (yajl buffers whole
 strings, ijson keeps a prefix per open container, so nesting costs memory in
 the square of its depth); a L{Guard} checks each block before ijson sees
 it and refuses a report past its bounds.  Kept pieces are built field by
-field (L{_pick}, L{cuckoodist.report.rows.PIECES}) and lists of them item by
+field (L{_walker.Walker.pick}, L{cuckoodist.report.rows.PIECES}) and lists of them item by
 item, so a piece of millions of small values is walked, not built; a kept
 call, which C builds whole, is refused past L{_CALL_BYTES_MAX} of report
 text (the text walk, which reads such a call, bounds it instead).
@@ -62,13 +65,8 @@ from ijson.utils import sendable_list
 from cuckoodist.errors import PermanentError
 from cuckoodist.report._guard import Cancelled, Guard, check_stop
 from cuckoodist.report._text import Fallback, walk
-from cuckoodist.report.rows import (
-    PIECES,
-    PROCESS_HEADER_KEYS,
-    ExtractOptions,
-    Extraction,
-    RowCollector,
-)
+from cuckoodist.report._walker import DECLINED, CallRow, Walker, read_report
+from cuckoodist.report.rows import ExtractOptions, Extraction, RowCollector
 
 __all__ = ["Cancelled", "extract_results"]
 
@@ -128,7 +126,8 @@ _CALL_BYTES_MAX = 2 * 1024 * 1024
 _CHUNK = 1 << 14
 
 _ENDS = {"start_map": "end_map", "start_array": "end_array"}
-_NETWORK_LISTS = ("hosts", "domains", "http")
+#: An event's L{Walker.kind}.
+_KINDS = {"start_map": "{", "start_array": "[", "string": '"'}
 
 
 _DONE = object()
@@ -160,76 +159,6 @@ def _count(events: Iterator[Event], wanted: Event) -> int:
         total += event == wanted
 
 
-def _end_of(first: Event) -> Event | None:
-    """
-    @return: the event closing the container C{first} opens, or C{None} if
-        C{first} is a scalar.
-    """
-    end = _ENDS.get(first[1])
-    return None if end is None else (first[0], end, None)
-
-
-def _skip(events: Iterator[Event], first: Event) -> None:
-    """
-    Consume the rest of the value that starts with C{first}, in C.
-    """
-    end = _end_of(first)
-    if end is not None:
-        _drain(takewhile(partial(ne, end), events))
-
-
-def _pick(events: Iterator[Event], first: Event, spec: Any) -> Any:
-    """
-    Build only the parts of the value starting with C{first} that C{spec}
-    names (see L{cuckoodist.report.rows.PIECES}) and skip the rest, so no
-    piece is built whole: a container where C{spec} wants a scalar becomes
-    C{None}, as in the text walk.
-    """
-    kind = first[1]
-    if kind == "start_map" and type(spec) is dict:
-        picked = {}
-        for key, value in _entries(events):
-            if key in spec:
-                picked[key] = _pick(events, value, spec[key])
-            else:
-                _skip(events, value)
-        return picked
-    if kind == "start_array" and type(spec) is int:
-        items = []
-        for item in _items(events):
-            if len(items) < spec:
-                items.append(_pick(events, item, None))
-            else:
-                _skip(events, item)
-        return items
-    _skip(events, first)
-    return None if kind in _ENDS else first[2]
-
-
-def _entries(events: Iterator[Event]) -> Iterator[tuple[str, Event]]:
-    """
-    Iterate over the entries of the map whose C{start_map} was just read,
-    giving each key and the first event of its value.  The caller must
-    consume each value (L{_skip} or L{_pick}) before asking for the next.
-    """
-    for _, event, key in events:
-        if event != "map_key":
-            return  # end_map
-        yield key, next(events)
-
-
-def _items(events: Iterator[Event]) -> Iterator[Event]:
-    """
-    Iterate over the items of the array whose C{start_array} was just read,
-    giving the first event of each; same contract as L{_entries}.
-    """
-    for first in events:
-        if first[1] == "end_array":
-            # An item's first event is never an end, so this is the array's.
-            return
-        yield first
-
-
 def _check_call(reader: _BlockReader, mark: int) -> None:
     """
     @raise PermanentError: if the item being built began more than
@@ -241,133 +170,93 @@ def _check_call(reader: _BlockReader, mark: int) -> None:
             "cannot be bounded (the report is also not plain valid JSON)")
 
 
-def _calls(events: Iterator[Event], collector: RowCollector, room: int,
-           reader: _BlockReader) -> tuple[list, int]:
+class _Events(Walker):
     """
-    Consume one process's call list after its C{start_array}, turning each
-    kept call into its row (L{RowCollector.api_call}) as soon as it is
-    built.
+    The L{Walker} on ijson's events: the cursor is the first event of a
+    value, already taken from the shared iterator.
+    """
 
-    @param room: how many calls may still be kept.
-    @return: the rows of the first (at most C{room}) dict calls, and how
-        many dict calls the list holds.
-    @raise PermanentError: if a call being built spans more than
-        L{_CALL_BYTES_MAX} bytes.
-    """
-    calls = takewhile(_NOT_END_CALLS, events)
-    if room <= 0:
-        return [], _count(calls, _START_CALL)
-    sink = sendable_list()
-    builder = yajl2_c.items_basecoro(sink, _CALL)
-    push = builder.send
-    kept: list = []
-    seen = 0
-    mark = reader.served
-    while True:
-        pushed = deque(map(push, islice(calls, _CHUNK)), maxlen=1)
-        if sink:
-            mark = reader.served
-        built = [call for call in sink if type(call) is dict]
-        del sink[:]
-        seen += len(built)
-        for call in built[:room - len(kept)]:
-            kept.append(collector.api_call(call, len(kept)))
-        if not pushed:
-            return kept, seen
+    def __init__(self, events: Iterator[Event], reader: _BlockReader) -> None:
+        self._events = events
+        self._reader = reader
+        self._first = next(events)
+
+    def kind(self) -> str:
+        return _KINDS.get(self._first[1], "0")
+
+    def entries(self) -> Iterator[str]:
+        events = self._events
+        for _, event, key in events:
+            if event != "map_key":
+                return  # end_map
+            self._first = next(events)
+            yield key
+
+    def items(self) -> Iterator[str]:
+        for first in self._events:
+            if first[1] == "end_array":
+                # An item's first event is never an end, so this is the array's.
+                return
+            self._first = first
+            yield _KINDS.get(first[1], "0")
+
+    def skip(self) -> None:
+        """
+        Consume the rest of the value, in C.
+        """
+        end = _ENDS.get(self._first[1])
+        if end is not None:
+            _drain(takewhile(partial(ne, (self._first[0], end, None)), self._events))
+
+    def whole(self, most: int) -> tuple[Any, bool]:
+        # Building goes by the parts rows read (C builds a whole value only
+        # at one fixed prefix, the calls).
+        return DECLINED
+
+    def scalar(self) -> Any:
+        return self._first[2]
+
+    def calls(self, kept: list, room: int, row: CallRow) -> int:
+        """
+        Turn each kept call into its row as soon as C has built it, and
+        count the rest in C.
+
+        @raise PermanentError: if a call being built spans more than
+            L{_CALL_BYTES_MAX} bytes.
+        """
+        calls = takewhile(_NOT_END_CALLS, self._events)
         if len(kept) >= room:
-            break
-        _check_call(reader, mark)
-    # The cap is reached: finish the call being built (if any), then only
-    # count the calls that follow.
-    for event in calls:
-        if event == _START_CALL:
-            seen += 1 + _count(calls, _START_CALL)
-            break
-        push(event)
-        _check_call(reader, mark)
-    seen += sum(1 for call in sink if type(call) is dict)
-    return kept, seen
-
-
-def _process(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
-    """
-    Consume one process dict after its C{start_map}.
-    """
-    header: dict[str, Any] = {}
-    kept: list = []
-    seen = 0
-    for key, first in _entries(events):
-        if key == "calls" and first[1] == "start_array":
-            more, count = _calls(events, collector, collector.call_room - len(kept), reader)
-            kept.extend(more)
-            seen += count
-        elif key in PROCESS_HEADER_KEYS:
-            header[key] = _pick(events, first, None)
-        else:
-            _skip(events, first)
-    collector.add_process_rows(header, kept, seen)
-
-
-def _summary(events: Iterator[Event], collector: RowCollector, name: str) -> None:
-    """
-    Hand a summary list to the collector item by item.
-    """
-    spec = PIECES["pair"] if collector.pairs(name) else None
-    for item in _items(events):
-        collector.add_summary_item(name, _pick(events, item, spec))
-
-
-def _behavior(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
-    for key, first in _entries(events):
-        if key == "processes" and first[1] == "start_array":
-            for item in _items(events):
-                if item[1] == "start_map":
-                    _process(events, collector, reader)
-                else:
-                    _skip(events, item)
-        elif key == "summary" and first[1] == "start_map":
-            for name, value in _entries(events):
-                if collector.wants_summary(name) and value[1] == "start_array":
-                    _summary(events, collector, name)
-                else:
-                    _skip(events, value)
-        else:
-            _skip(events, first)
-
-
-def _network(events: Iterator[Event], collector: RowCollector) -> None:
-    adders = {"hosts": (collector.add_host, PIECES["host"]),
-              "domains": (collector.add_domain, PIECES["domain"]),
-              "http": (collector.add_http, PIECES["http"])}
-    for key, first in _entries(events):
-        add = adders.get(key)
-        if add is not None and first[1] == "start_array":
-            for item in _items(events):
-                add[0](_pick(events, item, add[1]))
-        else:
-            _skip(events, first)
-
-
-def _document(events: Iterator[Event], collector: RowCollector, reader: _BlockReader) -> None:
-    first = next(events)
-    if first[1] != "start_map":
-        # Whatever follows it, a document that is not an object is no
-        # Cuckoo report (and yajl lets some invalid ones through here).
-        raise PermanentError("report is not a JSON object")
-    for key, value in _entries(events):
-        collector.evidence.top_key(key)
-        kind = value[1]
-        if key == "info":
-            collector.set_info(_pick(events, value, PIECES["info"]))
-        elif key == "signatures" and kind == "start_array":
-            for item in _items(events):
-                collector.add_signature(_pick(events, item, PIECES["signature"]))
-        elif key == "behavior" and kind == "start_map":
-            _behavior(events, collector, reader)
-        elif key == "network" and kind == "start_map":
-            _network(events, collector)
-        else:
-            _skip(events, value)
+            return _count(calls, _START_CALL)
+        reader = self._reader
+        sink = sendable_list()
+        builder = yajl2_c.items_basecoro(sink, _CALL)
+        push = builder.send
+        seen = 0
+        mark = reader.served
+        while True:
+            pushed = deque(map(push, islice(calls, _CHUNK)), maxlen=1)
+            if sink:
+                mark = reader.served
+            built = [call for call in sink if type(call) is dict]
+            del sink[:]
+            seen += len(built)
+            for call in built[:room - len(kept)]:
+                kept.append(row(call, len(kept)))
+            if not pushed:
+                return seen
+            if len(kept) >= room:
+                break
+            _check_call(reader, mark)
+        # The cap is reached: finish the call being built (if any), then
+        # only count the calls that follow.
+        for event in calls:
+            if event == _START_CALL:
+                seen += 1 + _count(calls, _START_CALL)
+                break
+            push(event)
+            _check_call(reader, mark)
+        seen += sum(1 for call in sink if type(call) is dict)
+        return seen
 
 
 def _reason(error: Exception) -> str:
@@ -390,7 +279,12 @@ def _extract_events(fp: BinaryIO, options: ExtractOptions,
     reader = _BlockReader(fp, stop)
     events = ijson.parse(reader, buf_size=_BUFFER_SIZE, use_float=True)
     try:
-        _document(events, collector, reader)
+        walker = _Events(events, reader)
+        if walker.kind() != "{":
+            # Whatever follows it, a document that is not an object is no
+            # Cuckoo report (and yajl lets some invalid ones through here).
+            raise PermanentError("report is not a JSON object")
+        read_report(walker, collector)
         # Reading on makes yajl report truncation and trailing garbage.
         _drain(events)
     except (ijson.JSONError, UnicodeDecodeError) as error:

@@ -3,18 +3,65 @@
 The reference extractor: the same rows as L{cuckoodist.report.extract}, from
 a report already decoded into Python objects.
 
-It is the readable statement of what the streaming extractor must produce,
-and the tests hold the two to equality.  It needs the whole report in memory,
-so production code uses the streaming one.
+It walks the decoded document with the same section walk as the streaming
+readers (L{cuckoodist.report._walker.read_report}), through a L{Walker}
+that has nothing to read: every value is already whole.  The tests hold
+the streaming readers to its result, so what they check is the reading
+(decoding, skipping, picking, the fallback), which is where the streaming
+readers differ from C{json.load}.  It needs the whole report in memory, so
+production code uses the streaming one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from cuckoodist.report._walker import CallRow, Walker, read_report
 from cuckoodist.report.rows import ExtractOptions, Extraction, RowCollector
 
 __all__ = ["extract_results_plain"]
+
+
+def _kind(value: Any) -> str:
+    kind = type(value)
+    return "{" if kind is dict else "[" if kind is list else "0"
+
+
+class _Decoded(Walker):
+    """
+    The L{Walker} on a decoded value: the cursor is the value itself.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def kind(self) -> str:
+        return _kind(self._value)
+
+    def entries(self) -> Iterator[str]:
+        for key, value in self._value.items():
+            self._value = value
+            yield key
+
+    def items(self) -> Iterator[str]:
+        for value in self._value:
+            self._value = value
+            yield _kind(value)
+
+    def skip(self) -> None:
+        pass
+
+    def whole(self, most: int) -> tuple[Any, bool]:
+        return self._value, True
+
+    def scalar(self) -> Any:
+        return self._value
+
+    def calls(self, kept: list, room: int, row: CallRow) -> int:
+        dict_calls = [call for call in self._value if type(call) is dict]
+        for call in dict_calls[:max(0, room - len(kept))]:
+            kept.append(row(call, len(kept)))
+        return len(dict_calls)
 
 
 def extract_results_plain(doc: Mapping[str, Any], options: ExtractOptions) -> Extraction:
@@ -26,40 +73,7 @@ def extract_results_plain(doc: Mapping[str, Any], options: ExtractOptions) -> Ex
     @return: the rows, the detected format and the number of calls.
     """
     collector = RowCollector(options)
-    if not isinstance(doc, dict):
-        return collector.finish()
-    for key in doc:
-        collector.evidence.top_key(key)
-    collector.set_info(doc.get("info"))
-
-    signatures = doc.get("signatures")
-    if isinstance(signatures, list):
-        for signature in signatures:
-            collector.add_signature(signature)
-
-    behavior = doc.get("behavior")
-    if isinstance(behavior, dict):
-        processes = behavior.get("processes")
-        if isinstance(processes, list):
-            for process in processes:
-                if not isinstance(process, dict):
-                    continue
-                calls = process.get("calls")
-                dict_calls = ([call for call in calls if isinstance(call, dict)]
-                              if isinstance(calls, list) else [])
-                collector.add_process(process, dict_calls[:collector.call_room],
-                                      len(dict_calls))
-        summary = behavior.get("summary")
-        if isinstance(summary, dict):
-            for key, values in summary.items():
-                collector.add_summary(key, values)
-
-    network = doc.get("network")
-    if isinstance(network, dict):
-        for key, add in (("hosts", collector.add_host), ("domains", collector.add_domain),
-                         ("http", collector.add_http)):
-            entries = network.get(key)
-            if isinstance(entries, list):
-                for entry in entries:
-                    add(entry)
+    walker = _Decoded(doc)
+    if walker.kind() == "{":
+        read_report(walker, collector)
     return collector.finish()

@@ -2,12 +2,14 @@
 """
 Build CRITs result rows from the small pieces of a Cuckoo report.
 
-Both extractors, the streaming one (L{cuckoodist.report.extract}) and the
-reference one (L{cuckoodist.report.plain}), walk the report their own way but
-hand every piece (the C{info} dict, one signature, one process header with its
-kept calls, one summary list, one network entry) to a L{RowCollector}.  All
-decisions about row contents therefore live here, once, and the two
-extractors can only differ in how they find the pieces.
+All three readers, the text walk (L{cuckoodist.report._text}), the event
+walk (L{cuckoodist.report.extract}) and the reference one
+(L{cuckoodist.report.plain}), find the pieces through one section walk
+(L{cuckoodist.report._walker}) and hand every piece (the C{info} dict, one
+signature, one process header with its kept calls, one summary item, one
+network entry) to a L{RowCollector}.  All decisions about row contents
+therefore live here, once, and the readers can only differ in how they read
+a value.
 
 Each row subtype always carries the same C{extra} keys, because CRITs builds
 a table's columns from the first row of a subtype.  Values of the wrong type
@@ -51,6 +53,8 @@ from cuckoodist.results import ResultRow
 
 __all__ = [
     "PARSERS",
+    "REPORT_PARSERS",
+    "STAGE_PARSERS",
     "ExtractOptions",
     "Extraction",
     "RowCollector",
@@ -88,8 +92,15 @@ _ROW_BYTES = 320
 _ARGUMENT_BYTES = 256
 _VALUE_BYTES = 64
 
-#: The parsers a stage may enable.
-PARSERS = frozenset({"info", "signatures", "behavior", "network"})
+#: The parsers that read report.json, in their default configuration order.
+#: The only list of parser names: L{cuckoodist.config} and
+#: L{cuckoodist.stages.parse_and_submit} import theirs from here.
+REPORT_PARSERS = ("info", "signatures", "behavior", "network")
+#: Every parser a parse_and_submit stage may enable: the report's, then
+#: C{dropped}, which reads the dropped-files archive instead.
+STAGE_PARSERS = REPORT_PARSERS + ("dropped",)
+#: The report parsers, as a set: what L{ExtractOptions.parsers} is a subset of.
+PARSERS = frozenset(REPORT_PARSERS)
 
 #: The keys of a process dict that rows (and format detection) look at.
 PROCESS_HEADER_KEYS = frozenset({"pid", "ppid", "process_id", "parent_id",
@@ -557,30 +568,32 @@ class RowCollector:
         """
         return self._room
 
-    def add_process(self, header: Mapping[str, Any], kept_calls: Sequence[dict],
-                    calls_seen: int) -> None:
+    def add_process(self, process: Mapping[str, Any]) -> None:
         """
-        Add one process and the calls kept from it.
+        Add one process read whole, and its first dict calls.
 
-        @param header: the process dict (only L{PROCESS_HEADER_KEYS} are read).
-        @param kept_calls: the process's first dict calls, at most
-            L{call_room} of them.
-        @param calls_seen: how many dict calls the process has in total.
+        @param process: the process dict (only L{PROCESS_HEADER_KEYS} and
+            C{calls} are read).
         """
-        kept_calls = kept_calls[:self._room]
-        self.add_process_rows(header, [self.api_call(call, index)
-                                       for index, call in enumerate(kept_calls)],
-                              calls_seen)
+        calls = process.get("calls")
+        dict_calls = [call for call in calls if type(call) is dict] if type(calls) is list else []
+        self.add_process_rows(process, [self.api_call(call, index)
+                                        for index, call in enumerate(dict_calls[:self._room])],
+                              len(dict_calls))
 
     def add_process_rows(self, header: Mapping[str, Any],
                          call_rows: Sequence[tuple[str, dict[str, Any]]],
                          calls_seen: int) -> None:
         """
-        Like L{add_process}, with the kept calls already turned into
-        L{api_call} rows.  A streaming reader converts each call as soon as
-        it is read and drops it, instead of holding thousands of call dicts
-        until the process ends (measured: 2 microseconds a call cheaper).
+        Add one process from its header fields and its kept calls, already
+        turned into L{api_call} rows.  A streaming reader converts each call
+        as soon as it is read and drops it, instead of holding thousands of
+        call dicts until the process ends (measured: 2 microseconds a call
+        cheaper).
 
+        @param header: the process's fields (only L{PROCESS_HEADER_KEYS} are
+            read).
+        @param calls_seen: how many dict calls the process has in total.
         @param call_rows: L{api_call} of the process's first dict calls, at
             most L{call_room} of them (C{None} for those the budget left out).
         """
@@ -628,19 +641,19 @@ class RowCollector:
         # helpers it falls back to give the same answers.
         get = call.get
         status = get("status")
-        value = get("return")
-        if value is None:
-            value = get("return_value")
-        kind = type(value)
-        returned = value if kind is str else _hex(value) if kind is int else _return(call)
+        returned = get("return")
+        if returned is None:
+            returned = get("return_value")
+        thread = get("thread_id")
+        if thread is None:
+            thread = get("tid")
+        kind = type(returned)
+        returned = returned if kind is str else _hex(returned) if kind is int else _return(call)
+        kind = type(thread)
+        thread = thread if kind is str else str(thread) if kind is int else _thread_id(call)
         timestamp = get("timestamp")
         if type(timestamp) is not str:
             timestamp = self._call_time(get("time"))
-        value = get("thread_id")
-        if value is None:
-            value = get("tid")
-        kind = type(value)
-        thread = value if kind is str else str(value) if kind is int else _thread_id(call)
         repeated = get("repeated")
         if type(repeated) is not int:
             repeated = _int(repeated) or 0
@@ -715,12 +728,6 @@ class RowCollector:
         """
         self.evidence.summary_key(key)
         return "behavior" in self._parsers and key in SUMMARY_SUBTYPES
-
-    def add_summary(self, key: str, values: Any) -> None:
-        if not self.wants_summary(key) or not isinstance(values, list):
-            return
-        for value in values:
-            self.add_summary_item(key, value)
 
     @staticmethod
     def pairs(key: str) -> bool:

@@ -47,7 +47,13 @@ class SimulateOptions(usage.Options):
         "bodies and authentication. Test-only endpoints /_sim/state and "
         "/_sim/control need no credentials: bind to loopback only. Without "
         f"--crits-api-key the key is read from ${CRITS_KEY_ENVIRONMENT}, else "
-        f"the public demo key {DEFAULT_API_KEY} is used.")
+        f"the public demo key {DEFAULT_API_KEY} is used, which is the key "
+        "etc/cuckoodist.yaml carries, so that example runs against these simulators as is. "
+        "Runs until SIGINT or SIGTERM.")
+    examples = (
+        "cuckoodist simulate",
+        "cuckoodist simulate --cuckoo-port 18090 --crits-port 18443 --analysis-seconds 2",
+    )
 
     optParameters = [
         ["cuckoo-port", None, 8090, "Port of the Cuckoo API (0: any).", _port],

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_sim_crits -*-
 """
 An in-process CRITs API: the services and samples resources cuckoodist
-talks to, with the quirks recorded in C{shared/reference/crits-api.md}.
+talks to, with the quirks recorded in C{docs/peers.md#crits-api-basics} and
+the CRITs sections after it.
 
 The quirks are the point.  A client that passes against this simulator
 copes with the real thing:
@@ -139,7 +140,8 @@ def _bson_safe(value: Any) -> Any:
 
 def _extra_columns(literal: Any) -> dict[str, Any]:
     """
-    C{ast.literal_eval} of one C{result_type}, which must be a dict.
+    C{ast.literal_eval} of one C{result_type}, which must be a dict
+    (C{docs/peers.md#crits-result-type}).
 
     @raise _Answer: a 500 for anything else (malformed literals, JSON
         C{true}/C{null}, non-strings, non-dicts).
@@ -340,7 +342,8 @@ class CritsSimulator:
 
     def post_service(self, d: Mapping[str, Any]) -> dict[str, Any]:
         """
-        C{POST /api/v1/services/}, as C{ServiceResource.obj_create}.
+        C{POST /api/v1/services/}, as C{ServiceResource.obj_create}
+        (C{docs/peers.md#crits-services}).
         """
         object_type = d.get("object_type")
         object_id = d.get("object_id")
@@ -409,7 +412,7 @@ class CritsSimulator:
                     multipart: bool) -> dict[str, Any]:
         """
         C{POST /api/v1/samples/}, as C{SampleResource.obj_create} and
-        C{handle_uploaded_file}.
+        C{handle_uploaded_file} (C{docs/peers.md#crits-samples-upload}).
         """
 
         def refuse(message: str, sample_id: str | None = None) -> dict[str, Any]:
@@ -489,7 +492,8 @@ class CritsSimulator:
 
     def patch_sample(self, sample_id: str, d: Mapping[str, Any]) -> dict[str, Any]:
         """
-        C{PATCH /api/v1/samples/<id>/}: only C{forge_relationship}.
+        C{PATCH /api/v1/samples/<id>/}: only C{forge_relationship}
+        (C{docs/peers.md#crits-relationships}).
         """
         if sample_id not in self._samples:
             raise _Answer(404, dict(_CANNED_500))
@@ -526,7 +530,8 @@ class CritsSimulator:
 
     def list_samples(self, args: Mapping[str, list[str]]) -> dict[str, Any]:
         """
-        C{GET /api/v1/samples/}, with the exact C{c-md5=} filter only.
+        C{GET /api/v1/samples/}, with the exact C{c-md5=} filter only
+        (C{docs/peers.md#crits-samples-download}).
         """
         found = list(self._samples.values())
         md5 = args.get("c-md5", [None])[0]
@@ -652,7 +657,8 @@ class _CritsResource(Resource):
     def _authenticate(self, request: Request, method: str) -> None:
         """
         tastypie's C{ApiKeyAuthentication}: the header first; without a
-        valid C{ApiKey} header, C{GET} then C{POST} parameters.
+        valid C{ApiKey} header, C{GET} then C{POST} parameters
+        (C{docs/peers.md#crits-authentication}).
 
         @raise _Answer: 401 with an empty body.
         """
@@ -677,7 +683,7 @@ class _CritsResource(Resource):
                      method: str) -> tuple[Mapping[str, Any], Mapping[str, list[tuple[str, bytes]]]]:
         """
         C{CRITsAPIResource.deserialize}: an exact form type, multipart, or
-        what tastypie can read (JSON).
+        what tastypie can read (JSON); see C{docs/peers.md#crits-request-bodies}.
 
         @return: the data (last value per field, as a Django QueryDict
             gives) and uploaded files.

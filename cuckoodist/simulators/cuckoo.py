@@ -4,9 +4,10 @@ An in-process Cuckoo Sandbox REST API (2.0.7, or 1.2 on request).
 
 It answers the routes cuckoodist uses with the status codes, JSON shapes,
 error bodies and authentication of the real servers, as recorded in
-C{shared/reference/cuckoo-api.md}: Flask 0.12 for 2.0.x (pretty-printed,
-key-sorted JSON; C{{"message": ...}} errors; werkzeug HTML pages for
-unhandled errors) and Bottle for 1.2 (HTML error pages, 4-space JSON).
+C{docs/peers.md#cuckoo-common} and the Cuckoo sections after it: Flask
+0.12 for 2.0.x (pretty-printed, key-sorted JSON; C{{"message": ...}}
+errors; werkzeug HTML pages for unhandled errors) and Bottle for 1.2 (HTML
+error pages, 4-space JSON).
 
 Time is the injected clock's: a task is C{pending} until one of C{machines}
 virtual machines is free, then C{running}, C{completed} and C{reported}
@@ -417,7 +418,8 @@ class CuckooSimulator:
 
     def create_task(self, filename: str, content: bytes, form: Any) -> int | None:
         """
-        Add a task as C{POST /tasks/create/file} does.
+        Add a task as C{POST /tasks/create/file} does
+        (C{docs/peers.md#cuckoo-task-create}).
 
         @param form: the form, with C{get(name, default)}.
         @return: the new task id, or L{None} where Cuckoo's database layer
@@ -493,7 +495,7 @@ class CuckooSimulator:
     def task_dict(self, task: _Task, rfc1123: bool) -> dict[str, Any]:
         """
         A task as C{/tasks/view} (C{rfc1123=True} in 2.0) or C{/tasks/list}
-        shows it.
+        shows it (C{docs/peers.md#cuckoo-task-view}).
         """
         f = task.fields
         guest: dict[str, Any] = {}
@@ -544,7 +546,8 @@ class CuckooSimulator:
                    args: dict[str, list[str]]) -> list[dict[str, Any]]:
         """
         C{/tasks/list}: ordered by C{completed_on} ascending with NULLs
-        first (SQLite's order), then filtered and paged like SQL.
+        first (SQLite's order), then filtered and paged like SQL
+        (C{docs/peers.md#cuckoo-task-list}).
 
         @raise _HTTPError: a non-integer C{completed_after} (500).
         """
@@ -569,7 +572,8 @@ class CuckooSimulator:
 
     def delete_task(self, task_id: int) -> None:
         """
-        C{/tasks/delete}: the task goes, its sample stays.
+        C{/tasks/delete}: the task goes, its sample stays
+        (C{docs/peers.md#cuckoo-task-delete}).
 
         @raise _HTTPError: unknown (404) or running (500).
         """
@@ -582,7 +586,8 @@ class CuckooSimulator:
 
     def status(self) -> dict[str, Any]:
         """
-        C{/cuckoo/status} in the active flavour, with real counts.
+        C{/cuckoo/status} in the active flavour, with real counts
+        (C{docs/peers.md#cuckoo-status}).
         """
         live = self._live_tasks()
         counts = {s: sum(1 for t in live if t.status == s) for s in _TASK_STATUSES}
@@ -639,7 +644,7 @@ class CuckooSimulator:
     def archive(self, task_id: int, which: str, mode: str) -> bytes:
         """
         The C{dropped}, C{package_files} or C{all} tar, as 2.0.7 builds it
-        from the analysis folder.
+        from the analysis folder (C{docs/peers.md#cuckoo-dropped-archive}).
 
         @raise _HTTPError: 500 when the folder does not exist (unknown,
             pending or deleted task), as C{os.listdir} fails there.

@@ -4,12 +4,12 @@ Write synthetic Cuckoo C{report.json} files of any size.
 
 The simulators and the report benchmark need reports that look like what
 Cuckoo 1.2, Cuckoo 2.0.x and CAPEv2 really write (see
-C{/work/shared/reference/cuckoo-api.md} section 2), in sizes from a few kB to
-gigabytes.  L{write_report} therefore never holds the report in memory: it
-encodes one small piece (a call, a process header, a summary value) at a time
-and pushes the bytes out through a bounded buffer.  Everything random comes
-from one L{random.Random} seeded by the caller, so a given set of arguments
-always produces the same bytes.
+C{docs/peers.md#cuckoo-report-format} and the report sections after it), in
+sizes from a few kB to gigabytes.  L{write_report} therefore never holds the
+report in memory: it encodes one small piece (a call, a process header, a
+summary value) at a time and pushes the bytes out through a bounded buffer.
+Everything random comes from one L{random.Random} seeded by the caller, so a
+given set of arguments always produces the same bytes.
 
 The reports deliberately carry the awkward strings real reports carry: quotes,
 backslashes, non-ASCII text, the latin-1 mojibake produced by Cuckoo 2.0's

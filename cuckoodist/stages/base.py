@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_stage_base,tests.test_stages -*-
 """
 What every stage shares: consuming its queue, resolving peers from the
 configuration, and turning failures into messages for the overseer.
@@ -25,7 +25,7 @@ be a configured Cuckoo and a request's C{crits_url} the configured CRITs
 or one of C{crits.allowed_urls}, or no request is made at all.
 """
 
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 from twisted.application.service import MultiService
@@ -41,7 +41,7 @@ from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
 from cuckoodist.http import HTTPClient
 from cuckoodist.messages import CritsData, FailedMessage, peek
 
-__all__ = ["Stage", "StageContext", "describe"]
+__all__ = ["Stage", "StageContext", "describe", "label"]
 
 
 @attrs.frozen
@@ -55,6 +55,8 @@ class StageContext:
     @ivar config: the whole validated configuration.
     @ivar log_observer: where stage log events go; the daemon passes one
         that drops events below C{log_level}.
+    @ivar stage_types: every stage class by type (L{cuckoodist.registry}),
+        for a stage that must know the others' defaults.
     """
 
     reactor: Any
@@ -62,16 +64,26 @@ class StageContext:
     http: HTTPClient
     config: Config
     log_observer: Any = None
+    stage_types: Mapping[str, type] = attrs.field(factory=dict)
 
 
 class Stage(MultiService):
     """
     A pipeline stage consuming C{stage_config.consumer_queue}.
 
-    @cvar kind: the stage type, used as C{Service} in failed messages.
+    @cvar config_class: the settings class of this stage type (see
+        L{cuckoodist.stages.keys}); a subclass must set it.
+    @cvar kind: the stage type, as its settings' C{type} key names it; used
+        as C{Service} in failed messages.
     """
 
+    config_class: type | None = None
     kind = "stage"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.kind = attrs.fields(cls.config_class).type.default
 
     def __init__(self, context: StageContext, stage_config: Any) -> None:
         super().__init__()
@@ -107,12 +119,12 @@ class Stage(MultiService):
             # about the message, so it stays unacked and comes back.
             raise
         except CuckoodistError as e:
-            await self._fail(delivery, outbox, e)
+            await self.give_up(delivery, outbox, e)
         except Exception as e:
-            self.log.failure("Bug: unexpected error in {stage}; the message is failed as permanent and will be dumped", stage=self.kind)
-            await self._fail(delivery, outbox, PermanentError(f"internal error: {type(e).__name__}: {_clip(str(e))}"))
+            self.log.failure("Bug: unexpected error in {stage}; the message is given up as a permanent failure", stage=self.kind)
+            await self.give_up(delivery, outbox, PermanentError(f"internal error in {self.kind}: {type(e).__name__}: {_clip(str(e))}"))
 
-    async def _fail(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
+    async def give_up(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
         """
         Hand the message to the overseer, with everything it needs to
         decide: built from what can be read of the message, whatever it
@@ -133,10 +145,9 @@ class Stage(MultiService):
             task_id=seen.task_id,
         )
         self.log.warn(
-            "{stage} failed for analysis={analysis} task={task}: {why} (attempt {n}, {kind})",
+            "{stage} failed for {ids}: {why} (attempt {n}, {kind})",
             stage=self.kind,
-            analysis=failed.analysis_id or "?",
-            task=failed.task_id if failed.task_id is not None else "-",
+            ids=label(failed.analysis_id, failed.task_id),
             why=error.reason,
             n=failed.attempts,
             kind="final" if failed.final else "will retry",
@@ -212,8 +223,16 @@ def _clip(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def label(analysis_id: str, task_id: int | None = None) -> str:
+    """
+    The identifiers every log line about a sample carries, C{?} and C{-}
+    standing for the ones a message did not give.
+    """
+    return f"analysis={analysis_id or '?'} task={task_id if task_id is not None else '-'}"
+
+
 def describe(crits: CritsData, task_id: int | None = None) -> str:
     """
-    The identifiers every log line about a sample carries.
+    L{label} for a message's CRITs context.
     """
-    return f"analysis={crits.analysis_id} task={task_id if task_id is not None else '-'}"
+    return label(crits.analysis_id, task_id)

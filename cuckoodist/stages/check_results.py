@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_stage_check_results -*-
 """
 check_results: ask Cuckoo whether a task is done, and pass it on when it is.
 
@@ -20,9 +20,29 @@ from cuckoodist.cuckoo import FAILED, FINISHED
 from cuckoodist.errors import PermanentError
 from cuckoodist.messages import TaskMessage
 from cuckoodist.retry import retrying
+from cuckoodist.settings import seconds, setting
 from cuckoodist.stages.base import Stage, describe
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
 
-__all__ = ["CheckResults", "AnalysisFailed"]
+__all__ = ["CheckResults", "CheckResultsConfig", "AnalysisFailed"]
+
+
+@attrs.frozen(kw_only=True)
+class CheckResultsConfig(StageSettings):
+    """
+    Settings of a stage that polls Cuckoo until an analysis is reported.
+
+    @ivar analysis_deadline: seconds after submission after which the task
+        is given up as failed.
+    """
+
+    type: str = stage_type("check_results")
+    consumer_queue: str = consumes("worker/check_results")
+    producer_queue: str = produces("worker/parse_and_submit")
+    failed_queue: str = fails_to()
+    prefetch_count: int = prefetch(100)
+    wait_between_requests: float = setting(5.0, seconds(zero=False))
+    analysis_deadline: float = setting(86400.0, seconds(zero=False))
 
 
 class AnalysisFailed(PermanentError):
@@ -32,7 +52,7 @@ class AnalysisFailed(PermanentError):
 
 
 class CheckResults(Stage):
-    kind = "check_results"
+    config_class = CheckResultsConfig
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         task = TaskMessage.decode(delivery.body)

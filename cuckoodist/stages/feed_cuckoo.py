@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_feed_capacity,tests.test_feed_upload -*-
+# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_feed_capacity,tests.test_feed_upload -*-
 """
 feed_cuckoo: upload a sample to one Cuckoo and hand the task on.
 
@@ -14,22 +14,56 @@ An upload is made at most once per delivery: it is repeated here only when
 it provably never reached Cuckoo.
 """
 
-from typing import Any
+from typing import Any, Mapping
 
+import attrs
 from twisted.internet.defer import CancelledError, Deferred
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
+from cuckoodist.errors import ConfigError
 from cuckoodist.http import NotSent
 from cuckoodist.messages import AnalysisRequest, TaskMessage
 from cuckoodist.retry import retrying
+from cuckoodist.settings import Path, boolean, integer, seconds, setting, text
 from cuckoodist.stages.base import Stage, StageContext, describe
 from cuckoodist.stages.capacity import CapacityGate
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
 
-__all__ = ["FeedCuckoo"]
+__all__ = ["FeedCuckoo", "FeedCuckooConfig"]
+
+
+@attrs.frozen(kw_only=True)
+class FeedCuckooConfig(StageSettings):
+    """
+    Settings of a stage that uploads samples to one Cuckoo.
+
+    @ivar cuckoo: the name of an entry of L{Config.cuckoo}.
+    @ivar max_pending: upload only while Cuckoo has fewer pending tasks.
+    @ivar min_free_space: bytes of free disk Cuckoo must report when
+        C{check_free_space} is set.
+    @ivar status_interval: seconds a status answer is good for; also the
+        time between probes while Cuckoo is full.
+    """
+
+    type: str = stage_type("feed_cuckoo")
+    consumer_queue: str = consumes("worker/feed_cuckoo")
+    producer_queue: str = produces("worker/check_results")
+    failed_queue: str = fails_to()
+    prefetch_count: int = prefetch(1)
+    cuckoo: str = setting(check=text(empty=False))
+    max_pending: int = setting(10, integer(1))
+    check_free_space: bool = setting(False, boolean)
+    min_free_space: int = setting(256 * 1024 * 1024, integer(0))
+    status_interval: float = setting(10.0, seconds(zero=False))
+
+    def check(self, path: Path, cuckoos: Mapping[str, Any]) -> None:
+        if self.cuckoo not in cuckoos:
+            known = ", ".join(sorted(cuckoos)) or "none are configured"
+            raise ConfigError(f"unknown cuckoo {self.cuckoo!r} (known: {known})", path + ("cuckoo",))
 
 
 class FeedCuckoo(Stage):
-    kind = "feed_cuckoo"
+    config_class = FeedCuckooConfig
 
     def __init__(self, context: StageContext, stage_config: Any) -> None:
         super().__init__(context, stage_config)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_overseer -*-
+# -*- test-case-name: tests.test_stage_overseer,tests.test_overseer -*-
 """
 overseer: retry failed messages with backoff, and dump what cannot be
 delivered.
@@ -19,39 +19,69 @@ be retriable.  Each of those ends in the dump with its reason, never in a
 requeue: the overseer has no overseer.
 """
 
+from typing import Mapping
+
 import attrs
-from twisted.internet.defer import CancelledError
 from twisted.internet.threads import deferToThreadPool
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
 from cuckoodist.amqp.names import queue_name_problem
-from cuckoodist.amqp.protocol import Closed, PublishNacked
-from cuckoodist.config import CheckResultsConfig, Config, FeedCuckooConfig, OverseerConfig, ParseAndSubmitConfig
+from cuckoodist.attempts import AttemptMemory, identity
+from cuckoodist.config import Config
 from cuckoodist.dump import DumpRecord, DumpStore
 from cuckoodist.errors import CuckoodistError, InvalidMessage
 from cuckoodist.messages import FailedMessage, Peek, RetryInfo, peek, with_retry
 from cuckoodist.retry import retrying
-from cuckoodist.attempts import AttemptMemory, identity
-from cuckoodist.stages.base import Stage
+from cuckoodist.settings import integer, path_text, queues, seconds, setting
+from cuckoodist.stages.base import Stage, label
+from cuckoodist.stages.keys import StageSettings, consumes, prefetch, stage_type
 
-__all__ = ["Overseer", "retry_targets", "MAX_RETRY_DELAY"]
+__all__ = ["Overseer", "OverseerConfig", "retry_targets", "MAX_RETRY_DELAY"]
 
 #: The longest wait between tries, whatever retry_delay and the count say;
 #: a broker holds a message's TTL in 32 bits of milliseconds.
 MAX_RETRY_DELAY = 86400.0
 
 
-def retry_targets(config: Config, overseer: OverseerConfig) -> frozenset[str]:
+@attrs.frozen(kw_only=True)
+class OverseerConfig(StageSettings):
+    """
+    Settings of the stage that retries failed messages and dumps hopeless ones.
+
+    @ivar retry_delay: seconds; the retry after failure M{n} (counted from
+        1) waits C{retry_delay * 2 ** (n - 1)}, at most L{MAX_RETRY_DELAY}.
+    @ivar allowed_queues: queues the overseer may re-publish to besides the
+        ones this configuration's stages consume or produce to and the
+        standard stage queues; a failed message naming any other queue is
+        dumped instead, since anyone who can publish a failed message could
+        otherwise make the overseer publish anywhere.
+    """
+
+    type: str = stage_type("overseer")
+    consumer_queue: str = consumes("worker/failed")
+    prefetch_count: int = prefetch(100)
+    dump_dir: str = setting(check=path_text(empty=False))
+    max_retries: int = setting(3, integer(0, 100))
+    retry_delay: float = setting(60.0, seconds(zero=False))
+    allowed_queues: tuple[str, ...] = setting((), queues, converter=tuple)
+
+
+def retry_targets(config: Config, overseer: OverseerConfig, stage_types: Mapping[str, type] = {}) -> frozenset[str]:
     """
     The queues an overseer may re-publish failed messages to: every queue
-    the configured stages consume or produce to, the standard stage queues
-    (an overseer running alone serves a fleet using them), and the
-    overseer's C{allowed_queues}.  Never the overseer's own queue: a failed
-    message sent back there would loop.
+    the configured stages consume or produce to, the standard queue of
+    every stage type that fails to the overseer (an overseer running alone
+    serves a fleet using them), and the overseer's C{allowed_queues}.
+    Never the overseer's own queue: a failed message sent back there would
+    loop.
+
+    @param stage_types: the stage classes by type (L{cuckoodist.registry}).
     """
     names = set(overseer.allowed_queues)
-    for cls in (FeedCuckooConfig, CheckResultsConfig, ParseAndSubmitConfig):
-        names.add(attrs.fields(cls).consumer_queue.default)
+    for kind in stage_types.values():
+        fields = attrs.fields_dict(kind.config_class)
+        if "failed_queue" in fields:
+            names.add(fields["consumer_queue"].default)
     for stage in config.stages:
         if stage.type != "overseer":
             names.update(q for q in (stage.consumer_queue, stage.producer_queue) if q)
@@ -60,35 +90,28 @@ def retry_targets(config: Config, overseer: OverseerConfig) -> frozenset[str]:
 
 
 class Overseer(Stage):
-    kind = "overseer"
+    config_class = OverseerConfig
 
     def __init__(self, context, stage_config) -> None:
         super().__init__(context, stage_config)
         self.dump = DumpStore(stage_config.dump_dir)
-        self.targets = retry_targets(context.config, stage_config)
+        self.targets = retry_targets(context.config, stage_config, context.stage_types)
         self.attempts = AttemptMemory(context.reactor)
 
-    async def _on_delivery(self, delivery: Delivery, outbox: Outbox) -> None:
-        try:
-            await self._handle(delivery, outbox)
-        except (Closed, CancelledError, PublishNacked):
-            raise
-        except Exception as e:
-            # Whatever went wrong, the message is kept and leaves the queue.
-            if isinstance(e, CuckoodistError):
-                reason = e.reason
-            else:
-                self.log.failure("Bug: unexpected error in the overseer; dumping the message as it came")
-                reason = f"internal error in the overseer: {type(e).__name__}"
-            await self._dump(DumpRecord(
-                stage="overseer",
-                queue=self.stage_config.consumer_queue,
-                reason=reason,
-                message=_text(delivery.body),
-                dumped_at=self.clock.seconds(),
-            ))
+    async def give_up(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
+        """
+        The overseer has no overseer: whatever went wrong, the message is
+        dumped as it came, and so leaves the queue.
+        """
+        await self._dump(DumpRecord(
+            stage="overseer",
+            queue=self.stage_config.consumer_queue,
+            reason=error.reason,
+            message=_text(delivery.body),
+            dumped_at=self.clock.seconds(),
+        ))
 
-    async def _handle(self, delivery: Delivery, outbox: Outbox) -> None:
+    async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         try:
             failed = FailedMessage.decode(delivery.body)
         except InvalidMessage as e:
@@ -155,9 +178,8 @@ class Overseer(Stage):
         delay = min(cfg.retry_delay * 2 ** (failed.attempts - 1), MAX_RETRY_DELAY)
         await outbox.publish_later(failed.queue, body, delay)
         self.log.info(
-            "Retrying analysis={analysis} task={task} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
-            analysis=failed.analysis_id or "?",
-            task=failed.task_id if failed.task_id is not None else "-",
+            "Retrying {ids} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
+            ids=label(failed.analysis_id, failed.task_id),
             queue=failed.queue,
             s=delay,
             n=failed.attempts + 1,
@@ -178,7 +200,7 @@ class Overseer(Stage):
             client = self.crits_client(crits)
             await retrying(self.clock, lambda: client.finish(f"cuckoodist {failed.service}: {why}"), f"tell CRITs analysis={crits.analysis_id}")
         except CuckoodistError as e:
-            self.log.warn("Could not tell CRITs that analysis={analysis} failed: {why}", analysis=failed.analysis_id or "?", why=e.reason)
+            self.log.warn("Could not tell CRITs that {ids} failed: {why}", ids=label(failed.analysis_id, failed.task_id), why=e.reason)
             return False
         return True
 
@@ -186,9 +208,8 @@ class Overseer(Stage):
         reactor = self.context.reactor
         path = await deferToThreadPool(reactor, reactor.getThreadPool(), self.dump.write, record)
         self.log.warn(
-            "Dumped analysis={analysis} task={task} from {stage} to {path}: {why}",
-            analysis=record.analysis_id or "?",
-            task=record.task_id if record.task_id is not None else "-",
+            "Dumped {ids} from {stage} to {path}: {why}",
+            ids=label(record.analysis_id, record.task_id),
             stage=record.stage,
             path=path,
             why=record.reason,

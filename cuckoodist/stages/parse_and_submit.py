@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stages -*-
+# -*- test-case-name: tests.test_stage_parse_and_submit -*-
 """
 parse_and_submit: turn a finished Cuckoo task into CRITs results.
 
@@ -25,10 +25,9 @@ served.
 
 import tempfile
 import threading
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import attrs
-
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -36,25 +35,89 @@ from twisted.python.failure import Failure
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed
 from cuckoodist.archive import ArchiveError, unpacked
-from cuckoodist.config import cleanup_queue
+from cuckoodist.amqp.names import queue_name_problem
+from cuckoodist.config import CRITS_BODY_LIMIT
 from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient, TaskNotFound
-from cuckoodist.errors import CuckoodistError, PermanentError
+from cuckoodist.errors import ConfigError, CuckoodistError, PermanentError
 from cuckoodist.http import BodyTooLarge
 from cuckoodist.messages import TaskMessage
 from cuckoodist.report.extract import ExtractOptions, extract_results
-from cuckoodist.report.rows import MAX_NESTING, MAX_STRING
+# REPORT_PARSERS: the parsers that read report.json; dropped reads the archive.
+from cuckoodist.report.rows import MAX_NESTING, MAX_STRING, PARSERS as REPORT_PARSERS, STAGE_PARSERS
 from cuckoodist.results import ResultRow
 from cuckoodist.retry import retrying
+from cuckoodist.settings import Path, boolean, integer, one_of, seconds, setting, wrong_type
 from cuckoodist.stages.base import Stage, StageContext, describe
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
 
-__all__ = ["ParseAndSubmit", "REPORT_PARSERS", "TaskGone"]
+__all__ = ["ParseAndSubmit", "ParseAndSubmitConfig", "REPORT_PARSERS", "TaskGone", "cleanup_queue"]
 
 #: A broker holds a message's TTL in 32 bits of milliseconds.
 _MAX_CLEANUP_DELAY = 86400.0
 
-#: Parsers that read report.json; C{dropped} reads the archive instead.
-REPORT_PARSERS = frozenset({"info", "signatures", "behavior", "network"})
+
+def cleanup_queue(consumer_queue: str) -> str:
+    """
+    The queue on which a parse_and_submit stage holds the deletion of its
+    finished Cuckoo tasks.  Its own queue, not the stage's: Go workers
+    sharing C{consumer_queue} would take a clean-up for a new task.
+    """
+    return f"{consumer_queue}.cleanup"
+
+
+def _parsers(value: Any, path: Path) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise wrong_type("a list", value, path)
+    seen: list[str] = []
+    for index, item in enumerate(value):
+        name = one_of(STAGE_PARSERS)(item, path + (index,))
+        if name in seen:
+            raise ConfigError(f"{name!r} is listed twice", path + (index,))
+        seen.append(name)
+    return tuple(seen)
+
+
+@attrs.frozen(kw_only=True)
+class ParseAndSubmitConfig(StageSettings):
+    """
+    Settings of a stage that turns a report into CRITs results.
+
+    @ivar producer_queue: where to relay the message afterwards, C{""} for
+        nowhere (the end of the chain).
+    @ivar enabled_parsers: a subset of the report parsers and C{dropped},
+        in the order given.
+    @ivar max_dropped_bytes: total unpacked bytes of dropped files.
+    @ivar crits_max_body: bytes per CRITs request, at most
+        L{CRITS_BODY_LIMIT}.
+    @ivar cleanup_delay: seconds between finishing an analysis and deleting
+        its Cuckoo task, held by the broker on C{<consumer_queue>.cleanup}:
+        a duplicate delivery (at-least-once) arriving meanwhile still finds
+        its task, instead of taking a finished analysis for a deleted one.
+    """
+
+    type: str = stage_type("parse_and_submit")
+    consumer_queue: str = consumes("worker/parse_and_submit")
+    producer_queue: str = produces("", may_end=True)
+    failed_queue: str = fails_to()
+    prefetch_count: int = prefetch(10)
+    push_api_calls_max: int = setting(5000, integer(0))
+    cuckoo_cleanup: bool = setting(True, boolean)
+    cleanup_delay: float = setting(300.0, seconds(zero=True))
+    enabled_parsers: tuple[str, ...] = setting(STAGE_PARSERS, _parsers, converter=tuple)
+    max_report_size: int = setting(1024 * 1024 * 1024, integer(1))
+    max_dropped_files: int = setting(500, integer(0))
+    max_dropped_bytes: int = setting(512 * 1024 * 1024, integer(0))
+    crits_max_body: int = setting(2_500_000, integer(1, CRITS_BODY_LIMIT))
+
+    def check(self, path: Path, cuckoos: Mapping[str, Any]) -> None:
+        if self.cuckoo_cleanup and not self.producer_queue:
+            problem = queue_name_problem(cleanup_queue(self.consumer_queue))
+            if problem is not None:
+                raise ConfigError(
+                    f"with cuckoo_cleanup the stage also consumes '<consumer_queue>.cleanup': {problem}",
+                    path + ("consumer_queue",),
+                )
 
 
 class TaskGone(PermanentError):
@@ -64,7 +127,7 @@ class TaskGone(PermanentError):
 
 
 class ParseAndSubmit(Stage):
-    kind = "parse_and_submit"
+    config_class = ParseAndSubmitConfig
 
     def __init__(self, context: StageContext, stage_config: Any) -> None:
         super().__init__(context, stage_config)
