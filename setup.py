@@ -16,6 +16,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
+    # The packages sit at the top of the checkout. Saying so makes an editable
+    # install ("pip install -e .", as scripts/lib.sh does) put the checkout
+    # itself on sys.path, where twistd finds twisted/plugins/ from any
+    # directory; otherwise setuptools would map cuckoodist alone.
+    package_dir={"": "."},
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]) + ["twisted.plugins"],
     package_data={"cuckoodist.amqp": ["spec/*.xml"]},
     install_requires=[

@@ -28,9 +28,13 @@ PIDS=()
 INSTALLED=0
 DAEMON_PID=
 STARTED_RABBITMQ=0
+STARTED_EPMD=0
 LINTIAN_PID=
+TICKER_PID=
 
 log() { printf '== %s\n' "$*"; }
+# took START: "    done in N s", for the steps that take a while.
+took() { printf '   done in %d s\n' "$(($(date +%s) - $1))"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 cleanup() {
@@ -52,6 +56,10 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null
     done
+    if [ -n "$TICKER_PID" ]; then
+        kill "$TICKER_PID" 2>/dev/null
+        wait "$TICKER_PID" 2>/dev/null
+    fi
     if [ -n "$LINTIAN_PID" ]; then
         kill -TERM "$LINTIAN_PID" 2>/dev/null
         wait "$LINTIAN_PID" 2>/dev/null
@@ -68,6 +76,15 @@ cleanup() {
     fi
     if [ "$STARTED_RABBITMQ" = 1 ]; then
         rabbitmqctl -q stop >/dev/null 2>&1
+        # ... and the epmd that rabbitmq-server started with it (epmd -kill
+        # refuses while a node is still registered).
+        if [ "$STARTED_EPMD" = 1 ]; then
+            for i in $(seq 1 20); do
+                epmd -names >/dev/null 2>&1 || break
+                epmd -kill >/dev/null 2>&1
+                sleep 0.5
+            done
+        fi
     fi
     if [ "$rc" = 0 ]; then
         rm -rf "$WORK"
@@ -121,38 +138,62 @@ git -C "$REPO" ls-files -z --cached |
 export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=0
 apt_update_once() {
-    [ "$APT_UPDATED" = 1 ] || apt-get update -qq
+    [ "$APT_UPDATED" = 1 ] || apt_quiet update
     APT_UPDATED=1
+}
+# apt-get, its output kept in apt.log and shown only if it fails.
+apt_quiet() {
+    apt-get -q "$@" >>"$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; fail "apt-get $* failed"; }
 }
 if ! command -v dpkg-checkbuilddeps >/dev/null ||
         ! (cd "$SRC" && dpkg-checkbuilddeps) 2>/dev/null; then
-    log "installing build dependencies"
+    log "installing the build dependencies (apt-get build-dep: debhelper, dh-virtualenv, python3-dev)"
+    start=$(date +%s)
     apt_update_once
-    apt-get install -y -qq --no-install-recommends dpkg-dev >/dev/null
-    (cd "$SRC" && apt-get build-dep -y -qq --no-install-recommends .) >/dev/null
+    apt_quiet install -y --no-install-recommends dpkg-dev
+    (cd "$SRC" && apt_quiet build-dep -y --no-install-recommends .)
+    took "$start"
 fi
-if ! command -v lintian >/dev/null; then
-    log "installing lintian"
+# lintian checks the package; pgrep (procps) finds the daemon.
+missing=()
+command -v lintian >/dev/null || missing+=(lintian)
+command -v pgrep >/dev/null || missing+=(procps)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    start=$(date +%s)
     apt_update_once
-    apt-get install -y -qq --no-install-recommends lintian >/dev/null
+    apt_quiet install -y --no-install-recommends "${missing[@]}"
+    took "$start"
 fi
 
 # The build-time trial run and the daemon both need the local RabbitMQ.
 if ! port_open 5672; then
     command -v rabbitmq-server >/dev/null || fail "RabbitMQ is not running and not installed"
     log "starting RabbitMQ"
+    epmd -names >/dev/null 2>&1 || STARTED_EPMD=1
     rabbitmq-server -detached
     STARTED_RABBITMQ=1
     rabbitmqctl -q await_startup --timeout 60 || fail "RabbitMQ did not start"
 fi
 
 export DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS-nocheck}
-log "building with dpkg-buildpackage -us -uc -b (DEB_BUILD_OPTIONS=$DEB_BUILD_OPTIONS)"
+log "building with dpkg-buildpackage -us -uc -b (DEB_BUILD_OPTIONS=$DEB_BUILD_OPTIONS; log: $WORK/build.log)"
 start=$(date +%s)
+# Every 30 s, the debhelper step the build is at (pip in dh_virtualenv is
+# the long one).
+(
+    while sleep 30; do
+        step=$(grep -oE '^ +dh_[a-z_]+|^\s*(debian/rules|make) [a-z_-]+' "$WORK/build.log" 2>/dev/null | tail -n 1 | xargs)
+        printf '   ... %d s, at %s\n' "$(($(date +%s) - start))" "${step:-the start}"
+    done
+) 9>&- &
+TICKER_PID=$!
 if ! (cd "$SRC" && dpkg-buildpackage -us -uc -b) >"$WORK/build.log" 2>&1; then
     tail -n 60 "$WORK/build.log" >&2
     fail "dpkg-buildpackage failed (log: $WORK/build.log)"
 fi
+kill "$TICKER_PID" 2>/dev/null; wait "$TICKER_PID" 2>/dev/null || true
+TICKER_PID=
 DEB=$(ls "$WORK"/cuckoodist_*.deb)
 log "built $(basename "$DEB") in $(($(date +%s) - start)) s: $(stat -c %s "$DEB") bytes," \
     "$(dpkg-deb -f "$DEB" Installed-Size) KiB installed"
@@ -355,11 +396,12 @@ getent passwd cuckoodist >/dev/null && log "user cuckoodist kept, as intended"
 
 # --- lintian ----------------------------------------------------------------
 log "waiting for lintian"
+start=$(date +%s)
 lintian_rc=0
 wait "$LINTIAN_PID" || lintian_rc=$?
 LINTIAN_PID=
 grep -vE '^(N:|running with root)' "$WORK/lintian.log" || true
 [ "$lintian_rc" = 0 ] || fail "lintian reported errors or warnings"
-log "lintian: no errors, no warnings (expected venv tags are overridden)"
+log "lintian: no errors, no warnings (expected venv tags are overridden); waited $(($(date +%s) - start)) s"
 
 echo "1 passed, 0 failed"
