@@ -30,6 +30,7 @@ setup(
         "PyYAML>=6",
         "ijson>=3.2",
         "attrs>=23.1",
+        "libarchive-c>=5.1",
     ],
     entry_points={"console_scripts": ["cuckoodist = cuckoodist.cli:main"]},
     classifiers=[

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_stage_parse_and_submit,tests.test_sim_crits -*-
 """
-The CRITs API, as used to deliver results: the services API for results,
-logs and finishing an analysis, and the samples API for dropped files.
+The CRITs API, as used to fetch samples and deliver results: the services
+API for results, logs and finishing an analysis, and the samples API for
+samples requested by reference and for dropped files.
 
 CRITs answers most failures with HTTP 200 and C{return_code: 1}; a bad API
 key with an empty 401; a body over Django's 2.5 MB limit with a 500.  This
@@ -16,7 +17,7 @@ C{#crits-api-basics} on.
 
 import hashlib
 import json
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
 from cuckoodist.crits_encoding import encode_form, result_batches
 from cuckoodist.errors import PermanentError, TransientError
@@ -144,6 +145,37 @@ class CritsClient:
         if not isinstance(sample_id, str) or not sample_id:
             raise TransientError(f"CRITs {self._url} stored the sample but returned no id")
         return sample_id, md5
+
+    async def download_sample(self, md5: str, sink: BinaryIO, max_size: int) -> None:
+        """
+        Stream CRITs' zip of the sample with this md5 into C{sink}: C{GET
+        /api/v1/samples/?c-md5=MD5&file=1} (C{docs/peers.md#crits-samples-download}).
+
+        CRITs answers 200 either way: the archive, or the text C{No files
+        found!} when no sample matches; telling them apart, and opening the
+        archive, is L{cuckoodist.sample_zip}'s work.
+
+        @param max_size: refuse a body larger than this many bytes
+            (L{cuckoodist.http.BodyTooLarge}).
+        @raise TransientError: a 5xx, or CRITs unreachable.
+        @raise PermanentError: credentials refused, or any other status.
+        """
+        response = await self._http.request(
+            "GET",
+            f"{self._url}/api/v1/samples/",
+            headers=self._headers,
+            params=[("c-md5", md5), ("file", "1")],
+            verify=self._verify,
+            max_body=max_size,
+            sink=sink,
+            what=f"CRITs {self._url}",
+        )
+        if response.code == 401:
+            raise PermanentError(f"CRITs {self._url} refused the API credentials (401)")
+        if response.code == 413 or response.code >= 500:
+            raise TransientError(f"CRITs {self._url} answered {response.code} on the samples download")
+        if response.code != 200:
+            raise PermanentError(f"CRITs {self._url} answered {response.code} on the samples download")
 
     async def relate(self, sample_id: str, rel_type: str = "Related To") -> None:
         """

@@ -12,6 +12,7 @@ The API facts relied on here are in C{docs/peers.md}, from
 C{#cuckoo-common} on.
 """
 
+import os
 from typing import Any, BinaryIO, Mapping
 
 from cuckoodist.errors import PermanentError, TransientError
@@ -80,20 +81,44 @@ class CuckooClient:
         response = await self._call("GET", "/cuckoo/status", max_body=1024 * 1024)
         return response.json_object(f"Cuckoo {self.url}", "for /cuckoo/status")
 
-    async def submit(self, file_name: str, data: bytes, options: Mapping[str, str]) -> int:
+    async def submit(
+        self,
+        file_name: str,
+        sample: "bytes | str | os.PathLike[str] | BinaryIO",
+        options: Mapping[str, str],
+        priority: int | None = None,
+    ) -> int:
         """
         POST /tasks/create/file with the sample and its options.
 
+        @param sample: the sample's bytes, the path of a file holding it,
+            or a binary file object (read from its start).  A file is
+            streamed, never read whole into memory; each call reads it
+            afresh, so a caller may repeat the call.
+        @param priority: Cuckoo's C{priority} field, overriding any in
+            C{options}; C{None} leaves it to C{options} or Cuckoo's default.
         @return: the new task id.
         @raise PermanentError: Cuckoo refused the submission (4xx) or did
             not create a task.
         """
-        fields = [(key, value) for key, value in sorted(options.items()) if key in SUBMIT_FIELDS]
+        chosen = dict(options)
+        if priority is not None:
+            chosen["priority"] = str(priority)
+        fields = [(key, value) for key, value in sorted(chosen.items()) if key in SUBMIT_FIELDS]
+        if isinstance(sample, (bytes, bytearray)):
+            return await self._create(file_name, bytes(sample), fields)
+        if isinstance(sample, (str, os.PathLike)):
+            with open(sample, "rb") as fp:
+                return await self._create(file_name, fp, fields)
+        sample.seek(0)
+        return await self._create(file_name, sample, fields)
+
+    async def _create(self, file_name: str, content: "bytes | BinaryIO", fields: list[tuple[str, str]]) -> int:
         response = await self._call(
             "POST",
             "/tasks/create/file",
             data=fields,
-            files={"file": (file_name, "application/octet-stream", data)},
+            files={"file": (file_name, "application/octet-stream", content)},
             max_body=1024 * 1024,
         )
         if response.code != 200:

@@ -26,6 +26,7 @@ included) can always be written out again.
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,7 @@ __all__ = [
     "resubmittable",
     "with_retry",
     "MAX_TASK_MESSAGE_BYTES",
+    "PRIORITIES",
 ]
 
 #: A task message is a few hundred bytes; anything far larger is not one.
@@ -143,14 +145,34 @@ class AnalysisRequest:
     """
     A sample to analyse, as published by the CRITs-side service.
 
+    The sample travels inline, base64 in C{file.data} (the Go service's
+    format), or by reference: C{file.data} absent, C{file.md5} (and
+    C{file.sha256} when known) naming a sample feed_cuckoo fetches from
+    CRITs.  With both, the inline bytes are used and must match the digests.
+
     @ivar payload: Cuckoo submission options (package, timeout, options...).
+    @ivar file_data: the sample, or C{None} for a request by reference.
+    @ivar md5: lower-case hex, C{""} when not given.
+    @ivar sha256: lower-case hex, C{""} when not given.
+    @ivar priority: Cuckoo's task priority (1 to 3), or C{None} for
+        Cuckoo's default.
     """
 
     payload: Mapping[str, str]
     file_name: str
-    file_data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    file_data: bytes | None = attrs.field(repr=lambda data: "by reference" if data is None else f"<{len(data)} bytes>")
     crits: CritsData
     retry: RetryInfo = RetryInfo()
+    md5: str = ""
+    sha256: str = ""
+    priority: int | None = None
+
+    @property
+    def by_reference(self) -> bool:
+        """
+        Whether feed_cuckoo must fetch the sample from CRITs.
+        """
+        return self.file_data is None
 
     @classmethod
     def decode(cls, body: bytes) -> "AnalysisRequest":
@@ -169,29 +191,46 @@ class AnalysisRequest:
             options[key] = _string(value, where) if isinstance(value, str) else _number_text(value, where)
         file = _mapping(doc.get("file"), "file")
         name = _string(file.get("name"), "file.name", required=True, limit=_MAX_NAME)
-        encoded = _string(file.get("data"), "file.data", required=True, limit=None)
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidMessage("file.data is not valid base64") from None
-        if not data:
-            raise InvalidMessage("file.data decodes to an empty sample")
+        md5 = _digest(file.get("md5"), "file.md5", 32)
+        sha256 = _digest(file.get("sha256"), "file.sha256", 64)
+        data: bytes | None = None
+        if file.get("data") is not None or not md5:
+            encoded = _string(file.get("data"), "file.data", required=not md5, limit=None)
+            if not encoded:
+                raise InvalidMessage("file.data is missing or empty, and no file.md5 names a sample to fetch")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidMessage("file.data is not valid base64") from None
+            if not data:
+                raise InvalidMessage("file.data decodes to an empty sample")
+            if md5 and hashlib.md5(data).hexdigest() != md5:
+                raise InvalidMessage("file.data does not match file.md5")
+            if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+                raise InvalidMessage("file.data does not match file.sha256")
         return cls(
             payload=options,
             file_name=safe_file_name(name),
             file_data=data,
             crits=CritsData.from_json(doc.get("crits_data"), "crits_data"),
             retry=RetryInfo.from_doc(doc),
+            md5=md5,
+            sha256=sha256,
+            priority=_priority(doc.get("priority"), "priority"),
         )
 
     def encode(self) -> bytes:
-        return _dump(
-            self.retry.add_to({
-                "payload": dict(self.payload),
-                "file": {"name": self.file_name, "data": base64.b64encode(self.file_data).decode("ascii")},
-                "crits_data": self.crits.to_json(),
-            })
-        )
+        file: dict[str, str] = {"name": self.file_name}
+        if self.file_data is not None:
+            file["data"] = base64.b64encode(self.file_data).decode("ascii")
+        if self.md5:
+            file["md5"] = self.md5
+        if self.sha256:
+            file["sha256"] = self.sha256
+        doc: dict[str, Any] = {"payload": dict(self.payload), "file": file, "crits_data": self.crits.to_json()}
+        if self.priority is not None:
+            doc["priority"] = self.priority
+        return _dump(self.retry.add_to(doc))
 
 
 @attrs.frozen
@@ -204,6 +243,9 @@ class TaskMessage:
     @ivar progress: what the stage that failed on this message had already
         done (counts by step name), so that its retry does not post the
         same results to CRITs again.
+    @ivar priority: the request's Cuckoo priority (1 to 3), carried as
+        C{Priority} (omitted when C{None}) so later stages can publish
+        with it; kept by L{for_next_stage}.
     """
 
     task_id: int
@@ -213,6 +255,7 @@ class TaskMessage:
     deadline: float | None = None
     retry: RetryInfo = RetryInfo()
     progress: Mapping[str, int] = attrs.field(factory=dict, converter=lambda p: MappingProxyType(dict(p)))
+    priority: int | None = None
 
     @classmethod
     def decode(cls, body: bytes) -> "TaskMessage":
@@ -231,6 +274,7 @@ class TaskMessage:
             deadline=_optional_epoch(doc.get("Deadline"), "Deadline"),
             retry=RetryInfo.from_doc(doc),
             progress=_progress(doc.get("Progress")),
+            priority=_priority(doc.get("Priority"), "Priority"),
         )
 
     def encode(self) -> bytes:
@@ -245,6 +289,8 @@ class TaskMessage:
             doc["Deadline"] = self.deadline
         if self.progress:
             doc["Progress"] = dict(self.progress)
+        if self.priority is not None:
+            doc["Priority"] = self.priority
         return _dump(self.retry.add_to(doc))
 
     def for_next_stage(self) -> "TaskMessage":
@@ -532,6 +578,36 @@ def _progress(value: object) -> dict[str, int]:
     if not isinstance(value, dict) or len(value) > 16:
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and len(k) <= 32 and _count(v, None) is not None}
+
+
+#: Cuckoo's task priorities: 1 (its default) to 3.
+PRIORITIES = range(1, 4)
+
+
+def _priority(value: object, where: str) -> int | None:
+    """
+    An optional Cuckoo priority: absent or null is C{None}; anything but an
+    integer from 1 to 3 is refused.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITIES:
+        got = "an integer out of range" if type(value) is int else _kind(value)
+        raise InvalidMessage(f"{where} must be an integer from 1 to 3, got {got}")
+    return value
+
+
+def _digest(value: object, where: str, length: int) -> str:
+    """
+    An optional hex digest of C{length} digits, returned in lower case.
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{where} must be a string, got {_kind(value)}")
+    if len(value) != length or not re.fullmatch(r"[0-9a-fA-F]+", value):
+        raise InvalidMessage(f"{where} must be {length} hex digits")
+    return value.lower()
 
 
 def _task_id(value: object) -> int | None:

@@ -10,13 +10,13 @@ the next connection.  A receiver may therefore see a duplicate, never a
 gap.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 from cuckoodist.amqp.protocol import Closed, PublishNacked, describe_close
-from cuckoodist.amqp.topology import declare_queue
+from cuckoodist.amqp.topology import ensure_queue
 
 __all__ = ["publish_confirmed"]
 
@@ -28,6 +28,7 @@ async def publish_confirmed(
     messages: Sequence[tuple[str, bytes]],
     on_confirmed: Callable[[int], object] | None = None,
     window: int = 256,
+    max_priorities: Mapping[str, int] | None = None,
 ) -> None:
     """
     Publish C{(queue, body)} pairs until the broker has confirmed them all.
@@ -36,6 +37,10 @@ async def publish_confirmed(
     @param on_confirmed: called with each message's index once confirmed
         (e.g. to delete a dump file only after its message is safe).
     @param window: how many publishes may await their confirm at once.
+    @param max_priorities: queue -> C{max_priority} of its consumer, used
+        only to create a queue that does not exist; an existing queue is
+        published to as it is, priority queue or not
+        (L{cuckoodist.amqp.topology.ensure_queue}).
     """
     pending = list(range(len(messages)))
     while pending:
@@ -44,7 +49,7 @@ async def publish_confirmed(
             channel = await client.open_channel()
             await channel.enable_confirms()
             for queue in sorted({messages[i][0] for i in pending}):
-                await declare_queue(channel, queue)
+                await ensure_queue(client, queue, (max_priorities or {}).get(queue, 0))
             while pending:
                 batch, rest = pending[:window], pending[window:]
                 results = await DeferredList(

@@ -70,6 +70,11 @@ ensure_venv() {
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
         apt_install python3-venv
     fi
+    # libarchive-c (by-reference samples: ZipCrypto at C speed) loads the
+    # system's libarchive.
+    if ! ldconfig -p 2>/dev/null | grep -q 'libarchive\.so\.13'; then
+        apt_install libarchive13
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
         run_step "creating the virtualenv $VENV" python3 -m venv "$VENV"
     fi

@@ -249,6 +249,7 @@ class Published:
     queue: str
     body: bytes
     delay: float | None = None
+    priority: int | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -266,13 +267,13 @@ class RecordingOutbox:
         self.published: list[Published] = []
         self.refuse = dict(refuse or {})
 
-    async def publish(self, queue: str, body: bytes) -> None:
+    async def publish(self, queue: str, body: bytes, priority: int | None = None) -> None:
         self._check(queue)
-        self.published.append(Published(queue, body))
+        self.published.append(Published(queue, body, priority=priority))
 
-    async def publish_later(self, queue: str, body: bytes, delay: float) -> None:
+    async def publish_later(self, queue: str, body: bytes, delay: float, priority: int | None = None) -> None:
         self._check(queue)
-        self.published.append(Published(queue, body, delay))
+        self.published.append(Published(queue, body, delay, priority))
 
     def _check(self, queue: str) -> None:
         if queue in self.refuse:

@@ -8,6 +8,11 @@ and acks the delivery only when the handler returns, which for our stages
 means after their output was confirmed by the broker.  If the channel or
 connection dies meanwhile, the ack is never sent and the broker redelivers:
 duplicates are possible, loss is not.
+
+A consumer declares its queue with the arguments it owns (C{x-max-priority}
+for a priority queue); when the queue exists with others it says so once,
+with how to migrate, and stops (see L{cuckoodist.amqp.topology}).  The
+L{Outbox} never asserts arguments on a queue it publishes to.
 """
 
 import hashlib
@@ -22,7 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from cuckoodist.amqp.protocol import Channel, Closed, describe_close
-from cuckoodist.amqp.topology import declare_delay, declare_queue
+from cuckoodist.amqp.topology import QueueArgumentsMismatch, declare_delay, declare_queue, ensure_queue
 from cuckoodist.attempts import AttemptMemory
 
 __all__ = ["Delivery", "Outbox", "QueueConsumer", "Handler", "Admission"]
@@ -44,6 +49,7 @@ class Delivery:
 
     @ivar routing_key: the queue it was published to; a dead-lettered
         message keeps its original routing key.
+    @ivar priority: its AMQP C{priority} property, C{None} if it has none.
     """
 
     body: bytes
@@ -51,34 +57,54 @@ class Delivery:
     delivery_tag: int
     redelivered: bool
     headers: Mapping[str, object] = attrs.field(factory=dict)
+    priority: int | None = None
 
 
 class Outbox:
     """
     What a handler may publish, on the channel its delivery came from:
     persistent, confirmed messages, now or after a broker-held delay.
+
+    A queue published to is made to exist first (L{ensure_queue}): an
+    existing one is used with whatever arguments its consumer gave it, so
+    publishing to a priority queue, or to a plain one, never fails on them.
+
+    @param max_priorities: queue -> the C{max_priority} its consumer has in
+        this configuration, used only to create a queue that does not exist
+        yet, so that its consumer can declare it later as it wants it.
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, max_priorities: Mapping[str, int] | None = None) -> None:
         self._channel = channel
+        self._max_priorities = dict(max_priorities or {})
         self._declared: dict[object, Deferred] = {}
 
-    async def publish(self, queue: str, body: bytes) -> None:
+    async def publish(self, queue: str, body: bytes, priority: int | None = None) -> None:
         """
-        Publish C{body} to C{queue} (declaring it durable) and wait for the
-        broker's confirm.
-        """
-        await self._ensure(("queue", queue), lambda: declare_queue(self._channel, queue))
-        await self._channel.publish(queue, body)
+        Publish C{body} to C{queue} (created durable if missing) and wait
+        for the broker's confirm.
 
-    async def publish_later(self, queue: str, body: bytes, delay: float) -> None:
+        @param priority: the AMQP C{priority} property, C{None} for none.
+        """
+        await self._ensure_queue(queue)
+        await self._channel.publish(queue, body, priority=priority)
+
+    async def publish_later(self, queue: str, body: bytes, delay: float, priority: int | None = None) -> None:
         """
         Publish C{body} so that it reaches C{queue} after C{delay} seconds,
-        held by the broker; wait for the confirm.
+        held by the broker; wait for the confirm.  Dead-lettering keeps the
+        C{priority} property, so it counts in C{queue}.
         """
-        await self._ensure(("queue", queue), lambda: declare_queue(self._channel, queue))
+        await self._ensure_queue(queue)
         exchange = await self._ensure(("delay", delay), lambda: declare_delay(self._channel, delay))
-        await self._channel.publish(queue, body, exchange=exchange)
+        await self._channel.publish(queue, body, exchange=exchange, priority=priority)
+
+    async def _ensure_queue(self, queue: str) -> None:
+        async def ensure() -> None:
+            if await ensure_queue(self._channel.client, queue, self._max_priorities.get(queue, 0)):
+                log.info("Created queue {queue} to publish to it", queue=queue)
+
+        await self._ensure(("queue", queue), ensure)
 
     async def _ensure(self, key: object, declare: Callable[[], Awaitable[object]]) -> object:
         if key not in self._declared:
@@ -106,6 +132,14 @@ class QueueConsumer(Service):
         authenticated L{AMQPClient}.
     @param handler: called per delivery; returning acks the delivery,
         raising leaves it for redelivery.
+    @param max_priority: declare C{queue} as a priority queue
+        (C{x-max-priority}) with priorities up to this; 0 for none.  If the
+        queue exists with other arguments the consumer logs why, once, and
+        stops for good (L{refused}): retrying cannot change the queue.
+    @param max_priorities: for the L{Outbox}: queue -> C{max_priority} of
+        its consumer in this configuration.
+    @ivar refused: the L{QueueArgumentsMismatch} that stopped the consumer,
+        or C{None}.
     """
 
     def __init__(
@@ -116,10 +150,15 @@ class QueueConsumer(Service):
         handler: Handler,
         clock: IReactorTime,
         grace_period: float = 30.0,
+        max_priority: int = 0,
+        max_priorities: Mapping[str, int] | None = None,
     ) -> None:
         self.name = f"consumer:{queue}"
         self._connection = connection
         self._queue = queue
+        self._max_priority = max_priority
+        self._max_priorities = {**(max_priorities or {}), queue: max_priority}
+        self.refused: QueueArgumentsMismatch | None = None
         self._prefetch = prefetch
         self._handler = handler
         self._clock = clock
@@ -150,6 +189,10 @@ class QueueConsumer(Service):
                 await self._serve(client)
             except CancelledError:
                 raise
+            except QueueArgumentsMismatch as e:
+                self.refused = e
+                log.error("Stopped consuming {queue} until the daemon is restarted: {why}", queue=self._queue, why=str(e))
+                return
             except Exception as e:
                 # A consumer that had been serving starts the backoff afresh;
                 # one that keeps failing to set up backs off further.
@@ -169,7 +212,7 @@ class QueueConsumer(Service):
     async def _serve(self, client: object) -> None:
         channel = await client.open_channel()
         await channel.enable_confirms()
-        await declare_queue(channel, self._queue)
+        await declare_queue(channel, self._queue, self._max_priority)
         await channel.basic_qos(prefetch_count=self._prefetch)
         tag = f"cuckoodist.{self._queue}.{next(_consumer_numbers)}"
         channel.track_consumer(tag)
@@ -181,7 +224,7 @@ class QueueConsumer(Service):
         self._converge()  # catch up with a pause() or resume() made meanwhile
         self.consuming = True
         log.info("Consuming {queue} (prefetch {n})", queue=self._queue, n=self._prefetch)
-        outbox = Outbox(channel)
+        outbox = Outbox(channel, self._max_priorities)
         while True:
             message = await deliveries.get()
             delivery = Delivery(
@@ -190,6 +233,7 @@ class QueueConsumer(Service):
                 delivery_tag=message.delivery_tag,
                 redelivered=bool(message.redelivered),
                 headers=message.content.properties.get("headers") or {},
+                priority=_priority(message.content.properties.get("priority")),
             )
             work = Deferred.fromCoroutine(self._dispatch(channel, outbox, delivery))
             self._in_flight.add(work)
@@ -345,6 +389,10 @@ class QueueConsumer(Service):
             await waiting
             if timer.active():
                 timer.cancel()
+
+
+def _priority(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _as_bytes(body: object) -> bytes:

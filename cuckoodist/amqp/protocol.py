@@ -60,6 +60,9 @@ class Channel(AMQChannel):
         self._unconfirmed: dict[int, Deferred] | None = None
         self._sequence = itertools.count(1)
         self._consumer_tags: set[str] = set()
+        #: Set on a channel opened to ask a question the broker answers by
+        #: closing it (does this queue exist?): that close is no problem.
+        self.probing = False
 
     def check_frames(self, method: Any, args: Any, content: Content | None = None) -> None:
         """
@@ -99,6 +102,7 @@ class Channel(AMQChannel):
         body: bytes,
         exchange: str = "",
         content_type: str = "application/json",
+        priority: int | None = None,
     ) -> Deferred:
         """
         Publish a persistent message and return a Deferred that fires when
@@ -110,16 +114,22 @@ class Channel(AMQChannel):
             L{PublishNacked} on nack, with L{Closed} if the channel dies
             first (the message may or may not have been taken), or with
             L{UnframeableValue} (nothing was sent) when the routing key or
-            exchange cannot be framed.
+            exchange cannot be framed, or with C{ValueError} (nothing was
+            sent) for a priority that is not an octet.
+        @param priority: the message's C{priority} property (0..255), or
+            C{None} for none; only a queue declared with C{x-max-priority}
+            orders by it, others ignore it.
         """
         if self._unconfirmed is None:
             raise RuntimeError("publish() needs enable_confirms() first")
         if self.closed:
             self._raise_closed(self.reason)
-        content = Content(
-            body,
-            properties={"delivery-mode": PERSISTENT, "content-type": content_type},
-        )
+        properties: dict[str, Any] = {"delivery-mode": PERSISTENT, "content-type": content_type}
+        if priority is not None:
+            if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255:
+                return fail(ValueError(f"an AMQP priority is an integer from 0 to 255, got {priority!r}"))
+            properties["priority"] = priority
+        content = Content(body, properties=properties)
         sent = self.basic_publish(exchange=exchange, routing_key=routing_key, content=content)
         if isinstance(getattr(sent, "result", None), Failure):
             # Refused before anything was written: the broker's numbering
@@ -301,7 +311,7 @@ class AMQPClient(AMQClient):
         return channel
 
     def channel_failed(self, channel: Channel, reason: Any) -> None:
-        log.warn(
+        (log.debug if channel.probing else log.warn)(
             "AMQP channel {id} closed by the broker: {reason}",
             id=channel.id,
             reason=describe_close(reason),

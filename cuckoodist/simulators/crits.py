@@ -20,6 +20,19 @@ copes with the real thing:
     ends the analysis.
   - Canned tastypie 500/404 bodies, C{return_code} 1 answers with HTTP 200.
 
+Samples download as CRITs serves them (C{docs/peers.md#crits-samples-download}):
+C{GET /api/v1/samples/?c-md5=MD5&file=1} (or the detail URL with C{file=1})
+answers 200 with C{Content-Type: application/octet-stream; charset=utf-8}
+and a zip made as C{create_zip} makes it, with C{zip -r -j -P PASSWORD}
+(or, where C{zip} is not installed, the same ZipCrypto format written by
+L{zipcrypto_archive}), one member named by the md5.  When nothing matches
+the answer is still 200 with that content type, and the body is the text
+C{No files found!}: C{to_file} returns tastypie's C{BadRequest} instead of
+raising it, and C{create_response} wraps whatever it returns in a new
+200 response, so the zip's C{Content-Disposition} header is dropped too.
+Uploaded samples are kept (by md5) so that tests can fetch them, and
+L{CritsSimulator.add_sample} registers one directly.
+
 Objects are created on first touch: posting results for an analysis or a
 C{Sample} id that were never registered creates them, so a demo works
 without a CRITs install.  The C{zip} upload format answers 500 as CRITs
@@ -35,15 +48,24 @@ import ast
 import hashlib
 import hmac
 import json
+import os
 import re
+import secrets
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+import zlib
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from cuckoodist.simulators.server import (
     FaultInjector,
@@ -61,7 +83,7 @@ from cuckoodist.simulators.server import (
     send_body,
 )
 
-__all__ = ["CritsSimulator", "DEFAULT_API_KEY", "RELATIONSHIP_TYPES", "TLO_TYPES"]
+__all__ = ["CritsSimulator", "DEFAULT_API_KEY", "RELATIONSHIP_TYPES", "TLO_TYPES", "zipcrypto_archive"]
 
 _log = Logger()
 
@@ -208,9 +230,12 @@ class CritsSimulator:
         seed: int = 0,
         slow_body_seconds: float = 0.0,
         sources: frozenset[str] | None = None,
+        zip_password: str = "infected",
     ) -> None:
         """
         @param clock: the time source for dates and slow bodies.
+        @param zip_password: CRITs' C{zip7_password}, for C{file=1}
+            downloads.
         @param users: user name -> API key; default one C{analyst} user
             with L{DEFAULT_API_KEY}.
         @param sources: source names users may write to; L{None} allows
@@ -228,6 +253,13 @@ class CritsSimulator:
         self._objects: set[tuple[str, str]] = set()
         self._relationships: list[tuple[str, str, str, str, str]] = []
         self._next_id = 1
+        self.zip_password = zip_password
+        #: md5 -> the sample's bytes, or the path of a file holding them.
+        self._contents: dict[str, bytes | str] = {}
+        #: md5 -> the exact body a C{file=1} download answers (tests).
+        self._downloads: dict[str, bytes] = {}
+        self._zips: dict[tuple[str, str], str] = {}
+        self._zip_dir: str | None = None
         self.resource: IResource = _CritsResource(self)
 
     def __repr__(self) -> str:
@@ -402,6 +434,81 @@ class CritsSimulator:
 
     # -- samples ------------------------------------------------------------
 
+    def add_sample(self, data: bytes | None = None, *, path: str | None = None,
+                   filename: str = "sample.bin", source: str = "sim") -> str:
+        """
+        Store a sample, as an upload would: its bytes, or a file holding
+        them (read only when a download asks, in blocks).
+
+        @return: its md5.
+        """
+        if path is not None:
+            digest = hashlib.md5()
+            with open(path, "rb") as fp:
+                for block in iter(lambda: fp.read(1 << 20), b""):
+                    digest.update(block)
+            md5, size, content = digest.hexdigest(), os.path.getsize(path), path
+        else:
+            assert data is not None
+            md5, size, content = hashlib.md5(data).hexdigest(), len(data), data
+        self._contents[md5] = content
+        if self.find_by_md5(md5) is None:
+            sample = _Sample(id=self._new_id(), md5=md5, filename=filename, size=size,
+                             sources=[source], method="File Upload - sim")
+            self._samples[sample.id] = sample
+        return md5
+
+    def set_download(self, md5: str, body: bytes) -> None:
+        """
+        Make C{file=1} for C{md5} answer exactly C{body} (a hostile
+        archive, for tests), as if a sample with that md5 existed.
+        """
+        self._downloads[md5] = body
+
+    def uploaded(self, md5: str) -> bytes | None:
+        """
+        The bytes of a sample stored under C{md5}, for tests.
+        """
+        content = self._contents.get(md5)
+        if isinstance(content, str):
+            with open(content, "rb") as fp:
+                return fp.read()
+        return content
+
+    def download_path(self, md5s: list[str]) -> str | bytes | None:
+        """
+        What C{file=1} answers for the matching samples: the path of their
+        zip (built once, cached), exact bytes set with L{set_download}, or
+        L{None} for C{No files found!}.
+        """
+        for md5 in md5s:
+            if md5 in self._downloads:
+                return self._downloads[md5]
+        present = [m for m in md5s if m in self._contents]
+        if not present:
+            return None
+        key = (",".join(present), self.zip_password)
+        if key not in self._zips:
+            if self._zip_dir is None:
+                self._zip_dir = tempfile.mkdtemp(prefix="cuckoodist-sim-crits-")
+            out = os.path.join(self._zip_dir, f"{len(self._zips)}.zip")
+            members = []
+            for md5 in present:
+                content = self._contents[md5]
+                members.append((md5, content))
+            make_zip(out, members, self.zip_password)
+            self._zips[key] = out
+        return self._zips[key]
+
+    def close(self) -> None:
+        """
+        Remove the cached archives.
+        """
+        if self._zip_dir is not None:
+            shutil.rmtree(self._zip_dir, ignore_errors=True)
+            self._zip_dir = None
+            self._zips.clear()
+
     def find_by_md5(self, md5: str) -> _Sample | None:
         for sample in self._samples.values():
             if sample.md5 == md5:
@@ -441,6 +548,7 @@ class CritsSimulator:
             filename, content = uploads[0]
             md5 = hashlib.md5(content).hexdigest()
             size: int | None = len(content)
+            self._contents.setdefault(md5, content)
         else:
             filename, md5, size = d.get("filename"), d.get("md5"), None
             if not filename or not isinstance(md5, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
@@ -575,6 +683,28 @@ class _CritsResource(Resource):
             return data
         return send_body(request, self._sim._clock, data, self._sim.faults.slow_body_seconds)
 
+    def _file(self, request: Request, answer: str | bytes | None) -> bytes | int:
+        """
+        C{CRITsSerializer.to_file} wrapped by C{create_response}: 200 and
+        C{application/octet-stream; charset=utf-8} whatever happened.
+        """
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/octet-stream; charset=utf-8")
+        if answer is None:
+            return b"No files found!"
+        if isinstance(answer, bytes):
+            return answer
+        fp = open(answer, "rb")
+        request.setHeader(b"content-length", str(os.path.getsize(answer)).encode())
+
+        def done(_: object) -> None:
+            fp.close()
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.finish()
+
+        FileSender().beginFileTransfer(fp, request).addBoth(done)
+        return NOT_DONE_YET
+
     def render(self, request: Request) -> bytes | int:
         sim = self._sim
         request.setHeader(b"server", b"Apache")
@@ -621,13 +751,23 @@ class _CritsResource(Resource):
                 media = (header(request, b"content-type") or "").lower()
                 return self._json(request, sim.post_sample(data, files,
                                                            media.startswith("multipart")))
+            args = query_args(request)
+            wants_file = bool(args.get("file", [""])[-1].strip())
             if name == "samples":
-                return self._json(request, sim.list_samples(query_args(request)))
+                if wants_file:
+                    md5 = (args.get("c-md5", [""])[-1] or "").strip().lower()
+                    found = [s.md5 for s in sim._samples.values() if s.md5 and (not md5 or s.md5 == md5)]
+                    if md5 and md5 in sim._downloads:
+                        found = [md5]
+                    return self._file(request, sim.download_path(found[:20]))
+                return self._json(request, sim.list_samples(args))
             sample_id = match.group(1)
             if method == "GET":
                 sample = sim._samples.get(sample_id)
                 if sample is None:
                     raise _Answer(404, dict(_CANNED_500))
+                if wants_file:
+                    return self._file(request, sim.download_path([sample.md5] if sample.md5 else []))
                 return self._json(request, sim.sample_document(sample))
             if sample_id not in sim._samples:
                 raise _Answer(404, dict(_CANNED_500))
@@ -719,3 +859,112 @@ def _last_values(fields: Mapping[str, list[str]]) -> dict[str, str]:
     A Django QueryDict's C{get}: the last value of each field.
     """
     return {k: v[-1] for k, v in fields.items() if v}
+
+
+def make_zip(out: str, members: list[tuple[str, bytes | str]], password: str) -> None:
+    """
+    Write the zip CRITs' C{create_zip} makes: C{zip -r -j -P PASSWORD} over
+    a directory holding one file per member (bytes, or a path to copy).
+    Without C{zip} installed, L{zipcrypto_archive} writes the same format.
+    """
+    zip_command = shutil.which("zip")
+    if zip_command is None:
+        loaded = []
+        for name, content in members:
+            if isinstance(content, str):
+                with open(content, "rb") as fp:
+                    content = fp.read()
+            loaded.append((name, content))
+        with open(out, "wb") as fp:
+            fp.write(zipcrypto_archive(loaded, password))
+        return
+    work = tempfile.mkdtemp(prefix="cuckoodist-sim-zip-")
+    try:
+        for name, content in members:
+            target = os.path.join(work, name)
+            if isinstance(content, str):
+                os.symlink(os.path.abspath(content), target)
+            else:
+                with open(target, "wb") as fp:
+                    fp.write(content)
+        # zip adds ".zip" to a name without an extension.
+        subprocess.run([zip_command, "-q", "-r", "-j", "-P", password, out + ".zip", work],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.replace(out + ".zip", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC = _crc_table()
+
+
+def _zipcrypto_encrypt(data: bytes, password: bytes) -> bytes:
+    """
+    PKWARE's traditional encryption (APPNOTE 6.1), in pure Python: fine
+    for test samples, far too slow for large ones.
+    """
+    k0, k1, k2 = 0x12345678, 0x23456789, 0x34567890
+
+    def update(c: int) -> None:
+        nonlocal k0, k1, k2
+        k0 = (k0 >> 8) ^ _CRC[(k0 ^ c) & 0xFF]
+        k1 = ((k1 + (k0 & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        k2 = (k2 >> 8) ^ _CRC[(k2 ^ (k1 >> 24)) & 0xFF]
+
+    for c in password:
+        update(c)
+    out = bytearray(len(data))
+    for i, c in enumerate(data):
+        t = (k2 | 2) & 0xFFFF
+        out[i] = c ^ (((t * (t ^ 1)) >> 8) & 0xFF)
+        update(c)
+    return bytes(out)
+
+
+def zipcrypto_archive(members: list[tuple[str, bytes]], password: str | None,
+                      *, method: int = 8, declared_sizes: dict[str, int] | None = None) -> bytes:
+    """
+    A zip as C{zip -P} writes it: each member deflated (or stored, with
+    C{method=0}) and encrypted with ZipCrypto, the check byte taken from
+    the CRC.  C{password=None} writes unencrypted members; C{method} other
+    than 0 and 8 (99 for WinZip AES) only labels the member, for tests of
+    refusals; C{declared_sizes} makes a header lie about a member's size.
+    """
+    when = time.localtime(946684800)
+    dos_time = (when.tm_hour << 11) | (when.tm_min << 5) | (when.tm_sec // 2)
+    dos_date = ((when.tm_year - 1980) << 9) | (when.tm_mon << 5) | when.tm_mday
+    body = bytearray()
+    directory = bytearray()
+    for name, data in members:
+        raw_name = name.encode("utf-8")
+        crc = zlib.crc32(data) & 0xFFFFFFFF
+        if method == 8:
+            squeezer = zlib.compressobj(6, zlib.DEFLATED, -15)
+            packed = squeezer.compress(data) + squeezer.flush()
+        else:
+            packed = data
+        flags = 0
+        if password is not None:
+            flags = 1
+            header = secrets.token_bytes(11) + bytes([crc >> 24])
+            packed = _zipcrypto_encrypt(header + packed, password.encode("utf-8"))
+        size = (declared_sizes or {}).get(name, len(data))
+        offset = len(body)
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, dos_time, dos_date,
+                            crc, len(packed), size, len(raw_name), 0) + raw_name + packed
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 0x031E, 20, flags, method, dos_time,
+                                 dos_date, crc, len(packed), size, len(raw_name), 0, 0, 0, 0,
+                                 0o100644 << 16, offset) + raw_name
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                      len(directory), len(body), 0)
+    return bytes(body + directory + end)

@@ -40,6 +40,7 @@ from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
 from cuckoodist.http import HTTPClient
 from cuckoodist.messages import CritsData, FailedMessage, peek
+from cuckoodist.stages.keys import max_priorities
 
 __all__ = ["Stage", "StageContext", "describe", "label"]
 
@@ -99,6 +100,8 @@ class Stage(MultiService):
             self._on_delivery,
             context.reactor,
             context.config.grace_period,
+            max_priority=getattr(stage_config, "max_priority", 0),
+            max_priorities=max_priorities(context.config),
         )
         self.consumer.setServiceParent(self)
 
@@ -152,7 +155,7 @@ class Stage(MultiService):
             n=failed.attempts,
             kind="final" if failed.final else "will retry",
         )
-        await outbox.publish(self.stage_config.failed_queue, failed.encode())
+        await outbox.publish(self.stage_config.failed_queue, failed.encode(), priority=delivery.priority)
 
     # Peers -----------------------------------------------------------------
 

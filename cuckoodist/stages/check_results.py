@@ -22,7 +22,7 @@ from cuckoodist.messages import TaskMessage
 from cuckoodist.retry import retrying
 from cuckoodist.settings import seconds, setting
 from cuckoodist.stages.base import Stage, describe
-from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, priorities, produces, stage_type
 
 __all__ = ["CheckResults", "CheckResultsConfig", "AnalysisFailed"]
 
@@ -41,6 +41,7 @@ class CheckResultsConfig(StageSettings):
     producer_queue: str = produces("worker/parse_and_submit")
     failed_queue: str = fails_to()
     prefetch_count: int = prefetch(100)
+    max_priority: int = priorities()
     wait_between_requests: float = setting(5.0, seconds(zero=False))
     analysis_deadline: float = setting(86400.0, seconds(zero=False))
 
@@ -66,7 +67,7 @@ class CheckResults(Stage):
         status = view.get("status")
         if status in FINISHED:
             self.log.info("Task {task} on {url} is {status}; passing it on ({ids})", task=task.task_id, url=cuckoo.url, status=status, ids=ids)
-            await outbox.publish(self.stage_config.producer_queue, task.for_next_stage().encode())
+            await outbox.publish(self.stage_config.producer_queue, task.for_next_stage().encode(), priority=task.priority)
             return
         if status in FAILED:
             errors = view.get("errors")
@@ -82,4 +83,5 @@ class CheckResults(Stage):
             self.stage_config.consumer_queue,
             task.encode(),
             self.stage_config.wait_between_requests,
+            priority=task.priority,
         )

@@ -12,22 +12,39 @@ once a status probe finds room.
 
 An upload is made at most once per delivery: it is repeated here only when
 it provably never reached Cuckoo.
+
+A request by reference (C{file.md5}, no C{file.data}) is fetched from the
+CRITs that the request names (through L{Stage.crits_client}, so only an
+allowed CRITs, with its own credentials): the zip CRITs sends is streamed
+to a private temporary directory, bounded by C{max_sample_size}, opened
+with C{zip_password} in a worker thread (L{cuckoodist.sample_zip}), checked
+against the md5 (and sha256), and streamed from the file to Cuckoo.  A
+missing sample, a wrong password, a digest mismatch, an oversize sample or
+an archive CRITs would not make is a permanent error: the overseer ends the
+analysis with the reason and dumps the message.
 """
 
-from typing import Any, Mapping
+import os
+import tempfile
+import threading
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
 from cuckoodist.errors import ConfigError
-from cuckoodist.http import NotSent
+from cuckoodist.crits import CritsClient
+from cuckoodist.http import BodyTooLarge, NotSent
 from cuckoodist.messages import AnalysisRequest, TaskMessage
 from cuckoodist.retry import retrying
+from cuckoodist.sample_zip import SampleTooLarge, extract_sample
 from cuckoodist.settings import Path, boolean, integer, seconds, setting, text
 from cuckoodist.stages.base import Stage, StageContext, describe
 from cuckoodist.stages.capacity import CapacityGate
-from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, priorities, produces, stage_type
 
 __all__ = ["FeedCuckoo", "FeedCuckooConfig"]
 
@@ -43,6 +60,10 @@ class FeedCuckooConfig(StageSettings):
         C{check_free_space} is set.
     @ivar status_interval: seconds a status answer is good for; also the
         time between probes while Cuckoo is full.
+    @ivar max_sample_size: the largest sample accepted, in bytes, inline
+        or fetched from CRITs (the download is bounded by it too).
+    @ivar zip_password: the password of the zips CRITs sends (its
+        C{zip7_password}); never logged.
     """
 
     type: str = stage_type("feed_cuckoo")
@@ -50,11 +71,14 @@ class FeedCuckooConfig(StageSettings):
     producer_queue: str = produces("worker/check_results")
     failed_queue: str = fails_to()
     prefetch_count: int = prefetch(1)
+    max_priority: int = priorities()
     cuckoo: str = setting(check=text(empty=False))
     max_pending: int = setting(10, integer(1))
     check_free_space: bool = setting(False, boolean)
     min_free_space: int = setting(256 * 1024 * 1024, integer(0))
     status_interval: float = setting(10.0, seconds(zero=False))
+    max_sample_size: int = setting(128 * 1024 * 1024, integer(1))
+    zip_password: str = setting("infected", text(), repr=False)
 
     def check(self, path: Path, cuckoos: Mapping[str, Any]) -> None:
         if self.cuckoo not in cuckoos:
@@ -103,23 +127,24 @@ class FeedCuckoo(Stage):
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         request = AnalysisRequest.decode(delivery.body)
         # Fail early, before using sandbox time, when results could not be delivered.
-        self.crits_client(request.crits)
+        crits = self.crits_client(request.crits)
         ids = describe(request.crits)
-        # After a timeout or a 5xx, Cuckoo may well have created the task:
-        # uploading again at once could analyse the sample twice and leave
-        # a task nobody deletes.  Such failures go to the overseer, whose
-        # retry comes minutes later; only an upload that never left is
-        # repeated here.
-        task_id = await retrying(
-            self.clock,
-            lambda: self.cuckoo.submit(request.file_name, request.file_data, request.payload),
-            f"upload {ids}",
-            retry_on=NotSent,
-        )
+        limit = self.stage_config.max_sample_size
+        if request.file_data is not None:
+            if len(request.file_data) > limit:
+                raise SampleTooLarge(f"the sample is {len(request.file_data)} bytes, over max_sample_size ({limit} bytes)")
+            size = len(request.file_data)
+            task_id = await self._upload(request, request.file_data, ids)
+        else:
+            with tempfile.TemporaryDirectory(prefix="cuckoodist-sample-") as work:
+                path = await self._fetch(request, crits, work, ids)
+                size = os.path.getsize(path)
+                task_id = await self._upload(request, path, ids)
         self.log.info(
-            "Submitted {name} ({size} bytes) as task {task} on {url} for analysis={analysis}",
+            "Submitted {name} ({size} bytes{how}) as task {task} on {url} for analysis={analysis}",
             name=request.file_name,
-            size=len(request.file_data),
+            size=size,
+            how=", fetched from CRITs" if request.by_reference else "",
             task=task_id,
             url=self.cuckoo.url,
             analysis=request.crits.analysis_id,
@@ -129,5 +154,75 @@ class FeedCuckoo(Stage):
             cuckoo_url=self.cuckoo.url,
             crits=request.crits,
             submitted_at=self.clock.seconds(),
+            priority=request.priority,
         )
-        await outbox.publish(self.stage_config.producer_queue, task.encode())
+        await outbox.publish(self.stage_config.producer_queue, task.encode(), priority=task.priority)
+
+    async def _upload(self, request: AnalysisRequest, sample: "bytes | str", ids: str) -> int:
+        # After a timeout or a 5xx, Cuckoo may well have created the task:
+        # uploading again at once could analyse the sample twice and leave
+        # a task nobody deletes.  Such failures go to the overseer, whose
+        # retry comes minutes later; only an upload that never left is
+        # repeated here.
+        return await retrying(
+            self.clock,
+            lambda: self.cuckoo.submit(request.file_name, sample, request.payload, request.priority),
+            f"upload {ids}",
+            retry_on=NotSent,
+        )
+
+    async def _fetch(self, request: AnalysisRequest, crits: CritsClient, work: str, ids: str) -> str:
+        """
+        Download the sample's zip from CRITs into C{work}, extract and
+        verify it there.
+
+        @return: the path of the verified sample.
+        @raise SampleRefused: missing, wrong password, digest mismatch,
+            oversize, or not an archive CRITs makes.
+        """
+        cfg = self.stage_config
+        archive = os.path.join(work, "sample.zip")
+        with open(archive, "wb") as spool:
+
+            async def download() -> None:
+                spool.seek(0)
+                spool.truncate()
+                await crits.download_sample(request.md5, spool, cfg.max_sample_size + _ZIP_OVERHEAD)
+
+            try:
+                await retrying(self.clock, download, f"download sample {ids}", attempts=6, base_delay=2.0)
+            except BodyTooLarge:
+                raise SampleTooLarge(
+                    f"CRITs' archive of sample {request.md5} is larger than max_sample_size ({cfg.max_sample_size} bytes) allows"
+                ) from None
+        sample = os.path.join(work, request.md5)
+        stop = threading.Event()
+        with open(sample, "wb") as sink:
+            await self._in_thread(
+                lambda: extract_sample(archive, sink, request.md5, cfg.zip_password, cfg.max_sample_size, request.sha256, stop),
+                on_cancel=stop.set,
+            )
+        os.unlink(archive)
+        return sample
+
+    def _in_thread(self, f: Callable[[], Any], on_cancel: Callable[[], None]) -> Deferred:
+        """
+        Run C{f()} in the reactor's thread pool; cancelling the result
+        stops waiting and calls C{on_cancel}, which tells the work to stop.
+        """
+        reactor = self.context.reactor
+        running = deferToThreadPool(reactor, reactor.getThreadPool(), f)
+        result: Deferred = Deferred(lambda _: on_cancel())
+
+        def deliver(outcome: Any) -> None:
+            if not result.called:
+                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+
+        running.addBoth(deliver)
+        return result
+
+
+#: What a zip adds to a sample it stores: headers, the member name, the
+#: 12-byte ZipCrypto header; deflate can only add a little to data it
+#: cannot compress, and zip stores such data instead.
+_ZIP_OVERHEAD = 64 * 1024

@@ -6,7 +6,8 @@ type's settings class.
 Each stage module declares its own settings as a frozen attrs class of
 L{cuckoodist.settings.setting} fields, starting with these: C{type},
 C{consumer_queue}, C{producer_queue}, C{failed_queue} and
-C{prefetch_count}, whose defaults differ from type to type.  The stage
+C{prefetch_count}, whose defaults differ from type to type, and, for the
+stages that consume requests or tasks, C{max_priority}.  The stage
 class names it as C{config_class}, and L{cuckoodist.registry} lists the
 stage classes: that is all L{cuckoodist.config.parse_config} needs to read
 a C{stages} entry.
@@ -16,7 +17,10 @@ from typing import Any, Mapping
 
 from cuckoodist.settings import UINT16_MAX, Path, integer, queue, setting
 
-__all__ = ["StageSettings", "stage_type", "consumes", "produces", "fails_to", "prefetch"]
+__all__ = ["StageSettings", "stage_type", "consumes", "produces", "fails_to", "prefetch", "priorities", "max_priorities"]
+
+#: RabbitMQ holds a queue's C{x-max-priority} in one byte.
+MAX_PRIORITY = 255
 
 
 class StageSettings:
@@ -72,3 +76,27 @@ def prefetch(default: int) -> Any:
     16-bit field in AMQP).
     """
     return setting(default, integer(1, UINT16_MAX))
+
+
+def priorities() -> Any:
+    """
+    The C{max_priority} key: 0 (the default) for a plain queue, else the
+    stage declares its C{consumer_queue} with C{x-max-priority} set to it,
+    and the broker delivers messages with a higher C{priority} property
+    first (above it they count as it; without one, as 0).  Requests carry
+    Cuckoo's priorities, 1 to 3, so 3 is enough; RabbitMQ recommends at
+    most 10, each level costs it memory and CPU.  An existing queue keeps
+    the arguments it was created with: changing this key means migrating
+    the queue (see C{docs/architecture.md}), and Go workers, which declare
+    their queue without arguments, cannot share a priority queue.
+    """
+    return setting(0, integer(0, MAX_PRIORITY))
+
+
+def max_priorities(config: Any) -> dict[str, int]:
+    """
+    Queue -> the C{max_priority} its consumer has in C{config}, for every
+    queue a configured stage consumes: what a producer in this daemon
+    creates a missing queue with, so that its consumer's declare agrees.
+    """
+    return {stage.consumer_queue: getattr(stage, "max_priority", 0) for stage in config.stages}

@@ -136,7 +136,7 @@ class Overseer(Stage):
         )
         why = self._why_not_retry(failed, inner)
         if why is None:
-            await self._retry(failed, inner, outbox)
+            await self._retry(failed, inner, outbox, delivery.priority if delivery.priority is not None else getattr(inner, "priority", None))
             return
         told = await self._tell_crits(failed, inner, why)
         await self._dump(DumpRecord(
@@ -171,12 +171,12 @@ class Overseer(Stage):
             return f"{failed.error} (not retried: {inner.problem})"
         return None
 
-    async def _retry(self, failed: FailedMessage, inner: Peek, outbox: Outbox) -> None:
+    async def _retry(self, failed: FailedMessage, inner: Peek, outbox: Outbox, priority: int | None = None) -> None:
         cfg = self.stage_config
         first = failed.first_failure if failed.first_failure is not None else self.clock.seconds()
         body = with_retry(inner.doc, RetryInfo(failed.attempts, first))
         delay = min(cfg.retry_delay * 2 ** (failed.attempts - 1), MAX_RETRY_DELAY)
-        await outbox.publish_later(failed.queue, body, delay)
+        await outbox.publish_later(failed.queue, body, delay, priority=priority)
         self.log.info(
             "Retrying {ids} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
             ids=label(failed.analysis_id, failed.task_id),

@@ -49,7 +49,7 @@ from cuckoodist.results import ResultRow
 from cuckoodist.retry import retrying
 from cuckoodist.settings import Path, boolean, integer, one_of, seconds, setting, wrong_type
 from cuckoodist.stages.base import Stage, StageContext, describe
-from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, produces, stage_type
+from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, priorities, produces, stage_type
 
 __all__ = ["ParseAndSubmit", "ParseAndSubmitConfig", "REPORT_PARSERS", "TaskGone", "cleanup_queue"]
 
@@ -101,6 +101,7 @@ class ParseAndSubmitConfig(StageSettings):
     producer_queue: str = produces("", may_end=True)
     failed_queue: str = fails_to()
     prefetch_count: int = prefetch(10)
+    max_priority: int = priorities()
     push_api_calls_max: int = setting(5000, integer(0))
     cuckoo_cleanup: bool = setting(True, boolean)
     cleanup_delay: float = setting(300.0, seconds(zero=True))
@@ -175,13 +176,13 @@ class ParseAndSubmit(Stage):
             await self._submit_dropped(task, cuckoo, crits, ids, progress)
             progress["dropped_done"] = 1
         if cfg.producer_queue:
-            await outbox.publish(cfg.producer_queue, task.for_next_stage().encode())
+            await outbox.publish(cfg.producer_queue, task.for_next_stage().encode(), priority=task.priority)
             self.log.info("Parsed {ids}; forwarded to {queue}", ids=ids, queue=cfg.producer_queue)
             return
         await retrying(self.clock, lambda: crits.finish(), f"finish {ids}")
         self.log.info("Finished CRITs analysis {ids}", ids=ids)
         if self.cleanup_queue is not None:
-            await outbox.publish_later(self.cleanup_queue, task.for_next_stage().encode(), min(cfg.cleanup_delay, _MAX_CLEANUP_DELAY))
+            await outbox.publish_later(self.cleanup_queue, task.for_next_stage().encode(), min(cfg.cleanup_delay, _MAX_CLEANUP_DELAY), priority=task.priority)
 
     async def _clean_up(self, delivery: Delivery, outbox: Outbox) -> None:
         """

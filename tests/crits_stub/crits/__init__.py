@@ -1,0 +1,3 @@
+"""
+Test stand-in for the C{crits} package (see ../README.md).
+"""
