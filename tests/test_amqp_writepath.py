@@ -9,7 +9,7 @@ import os
 import uuid
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from txamqp.connection import Frame, Method
@@ -75,6 +75,24 @@ class WritePathTests(TestCase):
             await self.channel.publish(q, b"hello")
             reply = await self.channel.basic_get(queue=q, no_ack=True)
             self.assertEqual(reply.content.body, b"hello")
+        return Deferred.fromCoroutine(go())
+
+    def test_cancelled_wait_keeps_replies_in_order(self) -> Deferred:
+        """
+        A method whose caller stopped waiting (a drain's timeout, a stage
+        cancelled at shutdown) still takes its own reply: the next method
+        on the channel gets its own, not the other's (a C{queue.bind} was
+        handed a C{cancel-ok} and failed).
+        """
+        async def go() -> None:
+            first, second = self.name("-a"), self.name("-b")
+            waited = self.channel.queue_declare(queue=second, durable=True)
+            abandoned = self.channel.queue_declare(queue=first, durable=True)
+            abandoned.cancel()
+            self.failureResultOf(abandoned).trap(CancelledError)
+            await waited
+            reply = await self.channel.queue_declare(queue=second, durable=True, passive=True)
+            self.assertEqual(reply.queue, second)
         return Deferred.fromCoroutine(go())
 
     def test_unframeable_publish_fails_loudly(self) -> Deferred:

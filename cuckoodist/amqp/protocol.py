@@ -79,14 +79,29 @@ class Channel(AMQChannel):
         Send a method, after checking that it can be framed: a frame that
         fails in the writer would take the whole connection down.
 
-        @return: txAMQP's Deferred, or one failing with L{UnframeableValue}
-            when nothing was sent.
+        Cancelling the result only stops the caller waiting.  txAMQP
+        matches the broker's replies to the methods waiting for one in the
+        order they were sent; cancelling a waiter outright would hand its
+        late reply to the next method on the channel (a C{cancel-ok} to a
+        C{queue.bind}), which then fails.  So the method keeps its place
+        and its reply, which is dropped.
+
+        @return: a Deferred firing with the reply, or failing with
+            L{UnframeableValue} when nothing was sent.
         """
         try:
             self.check_frames(method, args, content)
         except UnframeableValue:
             return fail()
-        return super().invoke(method, args, content)
+        sent = super().invoke(method, args, content)
+        waiting = Deferred(lambda _: None)
+
+        def settle(outcome: Any) -> None:
+            if not waiting.called:
+                (waiting.errback if isinstance(outcome, Failure) else waiting.callback)(outcome)
+
+        sent.addBoth(settle)
+        return waiting
 
     async def enable_confirms(self) -> None:
         """
