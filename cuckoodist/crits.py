@@ -170,12 +170,7 @@ class CritsClient:
             sink=sink,
             what=f"CRITs {self._url}",
         )
-        if response.code == 401:
-            raise PermanentError(f"CRITs {self._url} refused the API credentials (401)")
-        if response.code == 413 or response.code >= 500:
-            raise TransientError(f"CRITs {self._url} answered {response.code} on the samples download")
-        if response.code != 200:
-            raise PermanentError(f"CRITs {self._url} answered {response.code} on the samples download")
+        _check_status(response, self._url, "samples download")
 
     async def relate(self, sample_id: str, rel_type: str = "Related To") -> None:
         """
@@ -207,13 +202,22 @@ class CritsClient:
                 raise
 
 
-def _check(response: Response, url: str, what: str) -> Mapping[str, Any]:
+def _check_status(response: Response, url: str, what: str) -> None:
+    """
+    What a status code means for any CRITs API call: 401 is bad
+    credentials, 413 and 5xx may pass (a busy web server, a body over
+    Django's limit), anything but 200 is a refusal.
+    """
     if response.code == 401:
         raise PermanentError(f"CRITs {url} refused the API credentials (401)")
     if response.code == 413 or response.code >= 500:
-        raise TransientError(f"CRITs {url} answered {response.code} on the {what} API")
+        raise TransientError(f"CRITs {url} answered {response.code} on the {what}")
     if response.code != 200:
-        raise PermanentError(f"CRITs {url} answered {response.code} on the {what} API: {_error_text(response)}")
+        raise PermanentError(f"CRITs {url} answered {response.code} on the {what}: {_error_text(response)}")
+
+
+def _check(response: Response, url: str, what: str) -> Mapping[str, Any]:
+    _check_status(response, url, f"{what} API")
     doc = response.json_object(f"CRITs {url}", f"from the {what} API")
     if doc.get("return_code", 0) != 0:
         message = str(doc.get("message", "")).strip(", ")[:300]

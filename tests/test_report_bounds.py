@@ -480,8 +480,8 @@ class CancelTests(TestCase):
         """
         stage = SimpleNamespace(context=SimpleNamespace(reactor=reactor))
         stop = threading.Event()
-        waiting = ParseAndSubmit._in_thread(stage, extract_results, self.spool,
-                                            ExtractOptions(PARSERS), stop, on_cancel=stop.set)
+        waiting = ParseAndSubmit.in_thread(stage, extract_results, self.spool,
+                                           ExtractOptions(PARSERS), stop, on_cancel=stop.set)
         yield defer.succeed(None)
         waiting.cancel()
         self.assertTrue(stop.is_set())

@@ -40,6 +40,8 @@ _consumer_numbers = itertools.count(1)
 #: given back: long enough that one such message costs a few log lines a
 #: minute, short enough to stay below even a consumer_timeout of seconds.
 _MAX_REQUEUE_PAUSE = 5.0
+#: The longest wait before setting a consumer up again after a failure.
+_MAX_SETUP_PAUSE = 4.0
 
 
 @attrs.frozen
@@ -183,6 +185,7 @@ class QueueConsumer(Service):
 
     async def _run(self) -> None:
         failures = 0
+        last_why = ""
         while self.running:
             client = await self._connection.whenConnected()
             try:
@@ -195,19 +198,24 @@ class QueueConsumer(Service):
                 return
             except Exception as e:
                 # A consumer that had been serving starts the backoff afresh;
-                # one that keeps failing to set up backs off further.
-                failures = 1 if self.consuming else failures + 1
-                log.warn(
-                    "Consumer of {queue} stopped: {why}",
-                    queue=self._queue,
-                    why=describe_close(e),
-                )
+                # one that keeps failing to set up backs off further, up to
+                # a few seconds: a broker coming back recovers its queues a
+                # little after it accepts connections, and consuming must
+                # resume as soon as they are there.  The same reason again
+                # is not worth another warning.
+                if self.consuming:
+                    failures, last_why = 1, ""
+                else:
+                    failures += 1
+                why = describe_close(e)
+                (log.warn if why != last_why else log.debug)("Consumer of {queue} stopped: {why}", queue=self._queue, why=why)
+                last_why = why
             finally:
                 self.consuming = False
                 self._channel = None
                 self._active = False
             if self.running:
-                await deferLater(self._clock, min(30.0, 0.5 * 2 ** min(failures, 6)), lambda: None)
+                await deferLater(self._clock, min(_MAX_SETUP_PAUSE, 0.5 * 2 ** min(failures, 6)), lambda: None)
 
     async def _serve(self, client: object) -> None:
         channel = await client.open_channel()

@@ -326,7 +326,9 @@ class AMQPClient(AMQClient):
         return channel
 
     def channel_failed(self, channel: Channel, reason: Any) -> None:
-        (log.debug if channel.probing else log.warn)(
+        if channel.probing:
+            return  # the broker's answer to a question, not a failure
+        log.warn(
             "AMQP channel {id} closed by the broker: {reason}",
             id=channel.id,
             reason=describe_close(reason),

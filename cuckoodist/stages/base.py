@@ -25,12 +25,14 @@ be a configured Cuckoo and a request's C{crits_url} the configured CRITs
 or one of C{crits.allowed_urls}, or no request is made at all.
 """
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed, PublishNacked
@@ -156,6 +158,30 @@ class Stage(MultiService):
             kind="final" if failed.final else "will retry",
         )
         await outbox.publish(self.stage_config.failed_queue, failed.encode(), priority=delivery.priority)
+
+    def in_thread(self, f: Any, *args: Any, on_cancel: Callable[[], None] | None = None) -> Deferred:
+        """
+        Run C{f(*args)} in the reactor's thread pool (parsing a report,
+        unpacking an archive, decrypting a sample).
+
+        A thread cannot be interrupted, so cancelling the result only stops
+        waiting for it; C{on_cancel} is how the work is told to stop too,
+        and the thread's late outcome is dropped.
+
+        @param on_cancel: called when the returned Deferred is cancelled.
+        """
+        reactor = self.context.reactor
+        running = deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        if on_cancel is None:
+            return running
+        result: Deferred = Deferred(lambda _: on_cancel())
+
+        def deliver(outcome: Any) -> None:
+            if not result.called:
+                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
+
+        running.addBoth(deliver)
+        return result
 
     # Peers -----------------------------------------------------------------
 

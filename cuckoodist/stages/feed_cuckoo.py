@@ -27,16 +27,14 @@ analysis with the reason and dumps the message.
 import os
 import tempfile
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
-from cuckoodist.errors import ConfigError
 from cuckoodist.crits import CritsClient
+from cuckoodist.errors import ConfigError
 from cuckoodist.http import BodyTooLarge, NotSent
 from cuckoodist.messages import AnalysisRequest, TaskMessage
 from cuckoodist.retry import retrying
@@ -198,28 +196,12 @@ class FeedCuckoo(Stage):
         sample = os.path.join(work, request.md5)
         stop = threading.Event()
         with open(sample, "wb") as sink:
-            await self._in_thread(
+            await self.in_thread(
                 lambda: extract_sample(archive, sink, request.md5, cfg.zip_password, cfg.max_sample_size, request.sha256, stop),
                 on_cancel=stop.set,
             )
         os.unlink(archive)
         return sample
-
-    def _in_thread(self, f: Callable[[], Any], on_cancel: Callable[[], None]) -> Deferred:
-        """
-        Run C{f()} in the reactor's thread pool; cancelling the result
-        stops waiting and calls C{on_cancel}, which tells the work to stop.
-        """
-        reactor = self.context.reactor
-        running = deferToThreadPool(reactor, reactor.getThreadPool(), f)
-        result: Deferred = Deferred(lambda _: on_cancel())
-
-        def deliver(outcome: Any) -> None:
-            if not result.called:
-                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
-
-        running.addBoth(deliver)
-        return result
 
 
 #: What a zip adds to a sample it stores: headers, the member name, the

@@ -25,12 +25,10 @@ served.
 
 import tempfile
 import threading
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Mapping, Sequence
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
+from twisted.internet.defer import CancelledError
 
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed
@@ -240,7 +238,7 @@ class ParseAndSubmit(Stage):
             # grace_period): the parse thread checks it at every block, so
             # the thread pool's join at shutdown does not wait for a 1 GB parse.
             stop = threading.Event()
-            extraction = await self._in_thread(extract_results, spool, options, stop, on_cancel=stop.set)
+            extraction = await self.in_thread(extract_results, spool, options, stop, on_cancel=stop.set)
         requests = await self._post_rows(crits, extraction.rows, ids, progress, "report_requests")
         self.log.info(
             "Posted {n} results from a {mb:.1f} MB Cuckoo {fmt} report in {r} request(s) ({ids})",
@@ -272,7 +270,7 @@ class ParseAndSubmit(Stage):
                 await self._download(spool, cuckoo.download_dropped, task.task_id, cfg.max_dropped_bytes, f"dropped files {ids}")
                 spool.flush()
                 unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
-                files, skipped = await self._in_thread(unpacking.__enter__)
+                files, skipped = await self.in_thread(unpacking.__enter__)
             except (ArchiveError, BodyTooLarge) as e:
                 # The report's results stand; say in CRITs why the dropped
                 # files are missing instead of failing the whole analysis.
@@ -296,7 +294,7 @@ class ParseAndSubmit(Stage):
                         continue
                     rows.append(ResultRow("file_added", dropped.name, {"md5": md5}))
             finally:
-                await self._in_thread(unpacking.__exit__, None, None, None)
+                await self.in_thread(unpacking.__exit__, None, None, None)
         await self._post_rows(crits, rows, ids, progress, "dropped_requests")
         for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
             await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
@@ -336,27 +334,3 @@ class ParseAndSubmit(Stage):
             await retrying(self.clock, lambda: crits.post_request(fields), f"results {ids}")
             progress[step] = count
         return count
-
-    def _in_thread(self, f: Any, *args: Any, on_cancel: Callable[[], None] | None = None) -> Deferred:
-        """
-        Run C{f(*args)} in the reactor's thread pool.
-
-        A thread cannot be interrupted, so cancelling the result only stops
-        waiting for it; C{on_cancel} is how the work is told to stop too.
-
-        @param on_cancel: called when the returned Deferred is cancelled.
-        """
-        reactor = self.context.reactor
-        running = deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-        if on_cancel is None:
-            return running
-        result: Deferred = Deferred(lambda _: on_cancel())
-
-        def deliver(outcome: Any) -> None:
-            # Once cancelled, the thread's late outcome (Cancelled, say)
-            # has nobody waiting for it.
-            if not result.called:
-                (result.errback if isinstance(outcome, Failure) else result.callback)(outcome)
-
-        running.addBoth(deliver)
-        return result
