@@ -361,3 +361,19 @@ class World:
         The CRITs simulator's view of one analysis.
         """
         return self.crits.state()["analyses"].get(analysis_id)
+
+
+class Steps:
+    """
+    A step that fails with the given errors, then answers C{"done"}.
+    """
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "done"

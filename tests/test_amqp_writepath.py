@@ -10,7 +10,6 @@ import uuid
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from txamqp.connection import Frame, Method
 
@@ -19,16 +18,13 @@ from cuckoodist.amqp.consumer import QueueConsumer
 from cuckoodist.amqp.topology import InvalidQueueName, declare_queue
 from cuckoodist.amqp.wire import UnframeableValue
 from cuckoodist.config import parse_amqp_url
+from tests.harness import wait_until
 
 AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 async def wait_for(predicate, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached in time")
+    await wait_until(predicate, seconds, "the condition", interval=0.02)
 
 
 class WritePathTests(TestCase):

@@ -15,22 +15,7 @@ from cuckoodist.http import NotSent
 from cuckoodist.retry import retrying
 from tests.feed_fleet import Fleet
 from tests.harness import wait_until
-
-
-class Steps:
-    """
-    A step that fails with the given errors, then answers C{"done"}.
-    """
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
+from tests.memory import Steps
 
 
 class RetryOnTests(SynchronousTestCase):

@@ -29,16 +29,13 @@ from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.topology import QueueArgumentsMismatch, declare_queue, ensure_queue
 from cuckoodist.config import parse_amqp_url
 from cuckoodist.publish import publish_confirmed
+from tests.harness import wait_until
 
 AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 async def wait_for(predicate, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached in time")
+    await wait_until(predicate, seconds, "the condition", interval=0.02)
 
 
 class PriorityTests(TestCase):

@@ -20,7 +20,7 @@ from cuckoodist.errors import InvalidMessage, PermanentError, TransientError
 from cuckoodist.http import BodyTooLarge, HTTPClient, NotSent
 from cuckoodist.retry import retrying
 from cuckoodist.stages.base import Stage
-from tests.memory import PeerAgent, RecordingOutbox, World
+from tests.memory import PeerAgent, RecordingOutbox, Steps, World
 
 
 class Raising(Stage):
@@ -114,22 +114,6 @@ class OnDeliveryTests(SynchronousTestCase):
         outbox = RecordingOutbox(refuse={"in/failed": PublishNacked("nack")})
         self.world.stage.error = TransientError("x")
         self.failureResultOf(self.world.deliver(b"{}", outbox), PublishNacked)
-
-
-class Steps:
-    """
-    A step that fails with the given errors, then answers C{"done"}.
-    """
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
 
 
 class RetryingTests(SynchronousTestCase):
