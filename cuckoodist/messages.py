@@ -423,6 +423,8 @@ class Peek:
     @ivar doc: the decoded JSON object, or C{None} if the body is not one.
     @ivar analysis_id: the CRITs analysis id, cut to a loggable length;
         C{""} when the message has none that is usable.
+    @ivar priority: the request's C{priority} or the task's C{Priority}
+        when it is a valid one, so a retry keeps it.
     @ivar problem: why C{doc} is C{None}.
     """
 
@@ -430,6 +432,7 @@ class Peek:
     analysis_id: str = ""
     task_id: int | None = None
     retry: RetryInfo = RetryInfo()
+    priority: int | None = None
     problem: str = ""
 
     @property
@@ -455,6 +458,7 @@ def peek(body: bytes, max_size: int | None = None) -> Peek:
         analysis_id=_loggable_id(crits.get("analysis_id")) if isinstance(crits, dict) else "",
         task_id=_task_id(doc.get("TaskId")),
         retry=RetryInfo.from_doc(doc),
+        priority=_valid_priority(doc.get("priority", doc.get("Priority"))),
     )
 
 
@@ -582,6 +586,13 @@ def _progress(value: object) -> dict[str, int]:
 
 #: Cuckoo's task priorities: 1 (its default) to 3.
 PRIORITIES = range(1, 4)
+
+
+def _valid_priority(value: object) -> int | None:
+    try:
+        return _priority(value, "priority")
+    except InvalidMessage:
+        return None
 
 
 def _priority(value: object, where: str) -> int | None:

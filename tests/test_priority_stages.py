@@ -87,7 +87,8 @@ class StagePublishTests(SynchronousTestCase):
         """
         A failed message's envelope carries the priority of the delivery,
         and the overseer's retry of it is published with that priority; a
-        Go envelope, which has none, is retried without one.
+        Go envelope, which has none, is retried with the priority its
+        message names, or none.
         """
         w = World(self, CheckResults, {"type": "check_results"})
         self.successResultOf(deliver(w, b"not json", 3))
@@ -100,11 +101,16 @@ class StagePublishTests(SynchronousTestCase):
                 "CritsData": {"analysis_id": "a", "object_type": "Sample", "object_id": "o"}}
         envelope = FailedMessage(service="check_results", queue="worker/check_results", error="500",
                                  desc="transient failure", msg=json.dumps(task)).encode()
+        del task["Priority"]
+        plain = FailedMessage(service="check_results", queue="worker/check_results", error="500",
+                              desc="transient failure", msg=json.dumps(task)).encode()
         self.successResultOf(deliver(overseer, envelope, 3))
         self.successResultOf(deliver(overseer, envelope, None))
-        retried, go = overseer.outbox.published
+        self.successResultOf(deliver(overseer, plain, None))
+        retried, go, go_plain = overseer.outbox.published
         self.assertEqual((retried.queue, retried.priority), ("worker/check_results", 3))
-        self.assertIsNone(go.priority)
+        self.assertEqual(go.priority, 3)
+        self.assertIsNone(go_plain.priority)
 
 
 class MaxPriorityKeyTests(SynchronousTestCase):

@@ -153,7 +153,7 @@ class Stage(MultiService):
             "{stage} failed for {ids}: {why} (attempt {n}, {kind})",
             stage=self.kind,
             ids=label(failed.analysis_id, failed.task_id),
-            why=error.reason,
+            why=failed.error,
             n=failed.attempts,
             kind="final" if failed.final else "will retry",
         )

@@ -136,7 +136,7 @@ class Overseer(Stage):
         )
         why = self._why_not_retry(failed, inner)
         if why is None:
-            await self._retry(failed, inner, outbox, delivery.priority if delivery.priority is not None else getattr(inner, "priority", None))
+            await self._retry(failed, inner, outbox, delivery.priority if delivery.priority is not None else inner.priority)
             return
         told = await self._tell_crits(failed, inner, why)
         await self._dump(DumpRecord(
