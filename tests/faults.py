@@ -11,6 +11,7 @@ closes things on a broker takes a private L{tests.rabbitnode.RabbitNode}.
 import json
 import os
 import signal
+import time
 from collections import Counter
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from txamqp.client import ChannelClosed
 
@@ -27,9 +28,9 @@ from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.consumer import QueueConsumer
 from cuckoodist.amqp.protocol import describe_close
 from cuckoodist.config import Config
-from cuckoodist.stages.parse_and_submit import cleanup_queue
 from cuckoodist.dump import DumpStore
 from cuckoodist.simulators.crits import CritsSimulator
+from cuckoodist.stages.parse_and_submit import cleanup_queue
 from tests import harness
 from tests.rabbitnode import RabbitNode
 
@@ -117,6 +118,29 @@ class DaemonProcess:
         self.signal("TERM")
         timer = reactor.callLater(15, self.signal, "KILL")
         return self.ended.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+
+
+def watch_consumers(testcase: Any, consumers: list[QueueConsumer], up_after: str = "down") -> dict[str, float]:
+    """
+    Watch C{consumers} every 20 ms: the returned dict gets C{"down"} when
+    they first stop all consuming, and C{"up"} when all consume again once
+    the key C{up_after} is in it (the test may set its own marks, such as
+    when the broker answered again).  Stopped at the test's clean-up.
+    """
+    marks: dict[str, float] = {}
+
+    def watch() -> None:
+        up = all(c.consuming for c in consumers)
+        if not up and "down" not in marks:
+            marks["down"] = time.monotonic()
+        elif up and up_after in marks and "up" not in marks:
+            marks["up"] = time.monotonic()
+
+    watcher = LoopingCall(watch)
+    watcher.clock = reactor
+    watcher.start(0.02)
+    testcase.addCleanup(lambda: watcher.running and watcher.stop())
+    return marks
 
 
 def write_config(path: str, doc: dict) -> str:

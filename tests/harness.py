@@ -177,6 +177,35 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, i
         waited += interval
 
 
+def start_daemon(testcase: Any, config: Config) -> list[dict]:
+    """
+    Run a daemon of C{config} in this process for the rest of C{testcase},
+    deleting its queues afterwards.
+
+    @return: every log event from now on, for the test to look at.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from cuckoodist.tap import build_daemon
+
+    queues = [s.consumer_queue for s in config.stages]
+    testcase.addCleanup(lambda: Deferred.fromCoroutine(delete_queues(config.amqp, queues)))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    daemon = build_daemon(config, reactor)
+    daemon.startService()
+    testcase.addCleanup(daemon.stopService)
+    return events
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """
+    L{wait_until} for conditions that settle within moments, checked often.
+    """
+    await wait_until(predicate, seconds, "the condition", interval=0.02)
+
+
 async def delete_queues(amqp: Any, names: list[str]) -> None:
     """
     Remove a test's queues from the broker, and the clean-up queue that

@@ -5,7 +5,6 @@ written, and a writer that fails anyway drops the connection so that the
 service reconnects and consumers resume.
 """
 
-import os
 import uuid
 
 from twisted.internet import reactor
@@ -18,13 +17,8 @@ from cuckoodist.amqp.consumer import QueueConsumer
 from cuckoodist.amqp.topology import InvalidQueueName, declare_queue
 from cuckoodist.amqp.wire import UnframeableValue
 from cuckoodist.config import parse_amqp_url
-from tests.harness import wait_until
+from tests.harness import AMQP_URL, wait_for
 
-AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-async def wait_for(predicate, seconds: float = 10.0) -> None:
-    await wait_until(predicate, seconds, "the condition", interval=0.02)
 
 
 class WritePathTests(TestCase):

@@ -11,8 +11,6 @@ what was queued survives a full stop of the node.
 import time
 from typing import Callable
 
-from twisted.internet import reactor
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
 from tests import faults, harness
@@ -47,19 +45,7 @@ class BrokerRestartTests(FaultTestCase):
             was away (C{"down"}).
         """
         await harness.wait_until(lambda: all(c.consuming for c in queue_consumers), 10, "all consumers before the outage")
-        marks: dict[str, float] = {}
-
-        def watch() -> None:
-            up = all(c.consuming for c in queue_consumers)
-            if not up and "down" not in marks:
-                marks["down"] = time.monotonic()
-            elif up and "back" in marks and "up" not in marks:
-                marks["up"] = time.monotonic()
-
-        watcher = LoopingCall(watch)
-        watcher.clock = reactor
-        watcher.start(0.02)
-        self.addCleanup(lambda: watcher.running and watcher.stop())
+        marks = faults.watch_consumers(self, queue_consumers, up_after="back")
         done_before = self.completed(expected)
         began = time.monotonic()
         await deferToThread(bounce)
@@ -70,7 +56,6 @@ class BrokerRestartTests(FaultTestCase):
         )
         completion = time.monotonic() - marks["back"]
         await harness.wait_until(lambda: "up" in marks, 60, f"consumers to resume after the {how}", interval=0.02)
-        watcher.stop()
         self.assertIn("down", marks, f"the {how} did not interrupt the consumers")
         figures = {"down": marks["back"] - began, "consuming": marks["up"] - marks["back"], "completion": completion}
         report(

@@ -167,13 +167,7 @@ class ReportFormatTests(TestCase):
         doc["stages"][2].update(parse or {})
         config = harness.parse_config(doc)
         queues = [s.consumer_queue for s in config.stages]
-        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        daemon = build_daemon(config, reactor)
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
+        events = harness.start_daemon(self, config)
         wanted = {}
         for i in range(8):
             analysis_id, body = harness.request(i, harness.sample(i))
@@ -294,13 +288,7 @@ class NoDuplicateResultsTests(TestCase):
         doc["stages"][3].update(max_retries=30, retry_delay=0.05)
         config = harness.parse_config(doc)
         queues = [s.consumer_queue for s in config.stages]
-        self.addCleanup(lambda: Deferred.fromCoroutine(harness.delete_queues(config.amqp, queues)))
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        daemon = build_daemon(config, reactor)
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
+        events = harness.start_daemon(self, config)
         messages, expected = harness.requests(queues[0], 16)
         await harness.publish(config.amqp, messages)
 

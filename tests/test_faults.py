@@ -18,7 +18,7 @@ import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -198,24 +198,11 @@ class ConnectionLossTests(FaultTestCase):
         client = await faults.connection_of(daemon).whenConnected()
         local_port = client.transport.getHost().port
 
-        marks: dict[str, float] = {}
-
-        def watch() -> None:
-            up = all(c.consuming for c in queue_consumers)
-            if not up and "down" not in marks:
-                marks["down"] = time.monotonic()
-            elif up and "down" in marks and "up" not in marks:
-                marks["up"] = time.monotonic()
-
-        watcher = LoopingCall(watch)
-        watcher.clock = reactor
-        watcher.start(0.02)
-        self.addCleanup(lambda: watcher.running and watcher.stop())
+        marks = faults.watch_consumers(self, queue_consumers)
         done_before = self.completed(expected)
         issued = time.monotonic()
         await faults.close_connection_from(self.node, local_port, "test")
         await harness.wait_until(lambda: "up" in marks, 30, "consumers to resume", interval=0.05)
-        watcher.stop()
         recovery = marks["up"] - marks["down"]
         report(
             "connection loss",

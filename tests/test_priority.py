@@ -15,7 +15,6 @@ Priority queues against the real shared broker, on queues of their own
     declares without arguments, as the Go workers make them.
 """
 
-import os
 import uuid
 
 from twisted.internet import reactor
@@ -29,13 +28,8 @@ from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.topology import QueueArgumentsMismatch, declare_queue, ensure_queue
 from cuckoodist.config import parse_amqp_url
 from cuckoodist.publish import publish_confirmed
-from tests.harness import wait_until
+from tests.harness import AMQP_URL, wait_for
 
-AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-async def wait_for(predicate, seconds: float = 10.0) -> None:
-    await wait_until(predicate, seconds, "the condition", interval=0.02)
 
 
 class PriorityTests(TestCase):
@@ -82,6 +76,17 @@ class PriorityTests(TestCase):
         self.addCleanup(consumer.stopService)
         return consumer
 
+    async def paused_consumer(self, queue: str, seen: list[Delivery], **kwargs) -> QueueConsumer:
+        """
+        A consumer set up on C{queue} but taking nothing until resumed, so
+        that what is published meanwhile waits in the queue.
+        """
+        consumer = self.consumer(queue, seen, **kwargs)
+        consumer.pause()
+        consumer.startService()
+        await wait_for(lambda: consumer.consuming)
+        return consumer
+
     def lines(self, text: str) -> list[str]:
         """
         The log lines (formatted) that contain C{text}.
@@ -99,10 +104,7 @@ class PriorityTests(TestCase):
         async def go() -> None:
             q = self.name()
             seen: list[Delivery] = []
-            consumer = self.consumer(q, seen, max_priority=3)
-            consumer.pause()
-            consumer.startService()
-            await wait_for(lambda: consumer.consuming)
+            consumer = await self.paused_consumer(q, seen, max_priority=3)
             outbox = Outbox(await self.channel())
             for body, priority in [(b"low", 1), (b"none", None), (b"high", 3), (b"mid", 2), (b"high-2", 3)]:
                 await outbox.publish(q, body, priority=priority)
@@ -122,10 +124,7 @@ class PriorityTests(TestCase):
         async def go() -> None:
             q = self.name()
             seen: list[Delivery] = []
-            consumer = self.consumer(q, seen, max_priority=3)
-            consumer.pause()
-            consumer.startService()
-            await wait_for(lambda: consumer.consuming)
+            consumer = await self.paused_consumer(q, seen, max_priority=3)
             outbox = Outbox(await self.channel())
             await outbox.publish_later(q, b"low", 0.05, priority=1)
             await outbox.publish_later(q, b"high", 0.05, priority=3)
@@ -226,10 +225,7 @@ class PriorityTests(TestCase):
         async def go() -> None:
             q = self.name()
             seen: list[Delivery] = []
-            consumer = self.consumer(q, seen)
-            consumer.pause()
-            consumer.startService()
-            await wait_for(lambda: consumer.consuming)
+            consumer = await self.paused_consumer(q, seen)
             go_worker = await self.channel()
             await go_worker.queue_declare(queue=q, durable=True)  # as the Go workers declare it
             await go_worker.publish(q, b"first")

@@ -25,7 +25,7 @@ be a configured Cuckoo and a request's C{crits_url} the configured CRITs
 or one of C{crits.allowed_urls}, or no request is made at all.
 """
 
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, BinaryIO, Callable, Mapping
 
 import attrs
 from twisted.application.service import MultiService
@@ -42,6 +42,7 @@ from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
 from cuckoodist.http import HTTPClient
 from cuckoodist.messages import CritsData, FailedMessage, peek
+from cuckoodist.retry import retrying
 from cuckoodist.stages.keys import max_priorities
 
 __all__ = ["Stage", "StageContext", "describe", "label"]
@@ -158,6 +159,20 @@ class Stage(MultiService):
             kind="final" if failed.final else "will retry",
         )
         await outbox.publish(self.stage_config.failed_queue, failed.encode(), priority=delivery.priority)
+
+    async def download(self, spool: BinaryIO, fetch: Callable[[BinaryIO], Awaitable[None]], what: str) -> None:
+        """
+        Stream one download into C{spool} with C{fetch}, starting over on
+        each retry: a Cuckoo report still being written answers 404 for a
+        while, and a broken transfer leaves part of a file behind.
+        """
+
+        async def attempt() -> None:
+            spool.seek(0)
+            spool.truncate()
+            await fetch(spool)
+
+        await retrying(self.clock, attempt, what, attempts=6, base_delay=2.0)
 
     def in_thread(self, f: Any, *args: Any, on_cancel: Callable[[], None] | None = None) -> Deferred:
         """

@@ -181,14 +181,10 @@ class FeedCuckoo(Stage):
         cfg = self.stage_config
         archive = os.path.join(work, "sample.zip")
         with open(archive, "wb") as spool:
-
-            async def download() -> None:
-                spool.seek(0)
-                spool.truncate()
-                await crits.download_sample(request.md5, spool, cfg.max_sample_size + _ZIP_OVERHEAD)
-
             try:
-                await retrying(self.clock, download, f"download sample {ids}", attempts=6, base_delay=2.0)
+                await self.download(
+                    spool, lambda to: crits.download_sample(request.md5, to, cfg.max_sample_size + _ZIP_OVERHEAD), f"download sample {ids}"
+                )
             except BodyTooLarge:
                 raise SampleTooLarge(
                     f"CRITs' archive of sample {request.md5} is larger than max_sample_size ({cfg.max_sample_size} bytes) allows"

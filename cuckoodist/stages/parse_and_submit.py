@@ -25,7 +25,7 @@ served.
 
 import tempfile
 import threading
-from typing import Any, BinaryIO, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -230,7 +230,7 @@ class ParseAndSubmit(Stage):
     async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         with tempfile.TemporaryFile(prefix="cuckoodist-report-") as spool:
-            await self._download(spool, cuckoo.download_report, task.task_id, cfg.max_report_size, f"report {ids}")
+            await self.download(spool, lambda to: cuckoo.download_report(task.task_id, to, cfg.max_report_size), f"report {ids}")
             size = spool.tell()
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
@@ -267,7 +267,9 @@ class ParseAndSubmit(Stage):
         notes: list[str] = []
         with tempfile.NamedTemporaryFile(prefix="cuckoodist-dropped-") as spool:
             try:
-                await self._download(spool, cuckoo.download_dropped, task.task_id, cfg.max_dropped_bytes, f"dropped files {ids}")
+                await self.download(
+                    spool, lambda to: cuckoo.download_dropped(task.task_id, to, cfg.max_dropped_bytes), f"dropped files {ids}"
+                )
                 spool.flush()
                 unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
                 files, skipped = await self.in_thread(unpacking.__enter__)
@@ -299,19 +301,6 @@ class ParseAndSubmit(Stage):
         for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
             await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
         self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + len(notes), ids=ids)
-
-    async def _download(self, spool: BinaryIO, fetch: Any, task_id: int, limit: int, what: str) -> None:
-        """
-        Stream one Cuckoo download into C{spool}, starting over on each
-        retry: a report still being written answers 404 for a while.
-        """
-
-        async def attempt() -> None:
-            spool.seek(0)
-            spool.truncate()
-            await fetch(task_id, spool, limit)
-
-        await retrying(self.clock, attempt, what, attempts=6, base_delay=2.0)
 
     async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], ids: str, progress: dict[str, int], step: str) -> int:
         """
