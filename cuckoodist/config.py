@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 import yaml
 
+from cuckoodist.amqp.topology import CLASSIC, QUEUE_TYPES, QUORUM
 from cuckoodist.errors import ConfigError
 from cuckoodist.settings import (
     DEFAULT_PORTS,
@@ -35,6 +36,7 @@ from cuckoodist.settings import (
     check_keys,
     http_url,
     http_urls,
+    integer,
     keys_of,
     kind_of,
     mapping,
@@ -58,6 +60,7 @@ __all__ = [
     "CRITS_BODY_LIMIT",
     "load_config",
     "parse_amqp_url",
+    "parse_amqp_urls",
     "parse_config",
 ]
 
@@ -138,12 +141,20 @@ class CuckooConfig:
 
     @ivar url: base URL of the REST API, without a trailing slash.
     @ivar token: the Cuckoo 2.0.7 API bearer token; C{""} sends none.
+    @ivar max_requests: HTTP requests this daemon has in flight at once to
+        this node, counting every stage (uploads, status probes, polls,
+        report and dropped-file downloads, deletes).  Cuckoo's API is a
+        single Flask or Bottle process: past a few parallel requests they
+        only queue there, and a burst of report downloads would starve the
+        polls and the uploads of every other stage.  Requests past the cap
+        wait in this daemon, before their HTTP timeout starts.
     """
 
     name: str
     url: str = setting(check=http_url)
     token: str = setting("", text(), repr=False)
     verify_ssl: bool = setting(True, boolean)
+    max_requests: int = setting(8, integer(1, 1000))
 
 
 def _url_key(url: str) -> tuple[str, str, int, str] | None:
@@ -179,6 +190,13 @@ class Config:
     """
     The whole configuration of one cuckoodist process.
 
+    @ivar amqp: the broker, or the first node of a cluster when the
+        C{amqp} key lists several (see L{amqp_nodes}).
+    @ivar amqp_nodes: every node the C{amqp} key names, in its order; the
+        connection tries the next one on each attempt.  Not a key of its
+        own: read from C{amqp}, and just C{(amqp,)} when not given.
+    @ivar queue_type: C{classic} or C{quorum}, the type of every queue the
+        daemon declares (L{cuckoodist.amqp.topology}).
     @ivar grace_period: seconds a SIGTERM waits for in-flight work.
     @ivar http_timeout: seconds for a whole HTTP call, body included.
     @ivar crits: C{None} when every message must bring its own CRITs.
@@ -187,8 +205,12 @@ class Config:
     """
 
     amqp: AmqpConfig = setting(
-        attrs.Factory(lambda: parse_amqp_url(DEFAULT_AMQP_URL)), lambda value, path: parse_amqp_url(value, path)
+        attrs.Factory(lambda: parse_amqp_url(DEFAULT_AMQP_URL)), lambda value, path: parse_amqp_urls(value, path)[0]
     )
+    amqp_nodes: tuple[AmqpConfig, ...] = attrs.field(
+        default=attrs.Factory(lambda self: (self.amqp,), takes_self=True), converter=tuple, repr=False
+    )
+    queue_type: str = setting(CLASSIC, lambda value, path: _queue_type(value, path))
     log_level: str = setting("info", one_of(LOG_LEVELS))
     log_file: str = setting("", path_text(empty=True))
     grace_period: float = setting(30.0, seconds(zero=True))
@@ -358,6 +380,63 @@ def parse_amqp_url(value: Any, path: Path = ("amqp",)) -> AmqpConfig:
     )
 
 
+def parse_amqp_urls(value: Any, path: Path = ("amqp",)) -> tuple[AmqpConfig, ...]:
+    """
+    The C{amqp} key: one RabbitMQ URI, or a list of them, one per node of
+    a cluster, each read by L{parse_amqp_url}.  A cluster's nodes share its
+    users and virtual hosts, so the URLs must agree on the user, password
+    and vhost; each node has its own host, port and TLS settings, and no
+    node may be listed twice.
+
+    @raise ConfigError: naming the entry at fault (C{amqp.1}).
+    """
+    if not isinstance(value, list):
+        return (parse_amqp_url(value, path),)
+    if not value:
+        raise ConfigError("give one URL, or a list of at least one URL (one per node of the cluster)", path)
+    nodes = tuple(parse_amqp_url(item, path + (index,)) for index, item in enumerate(value))
+    first = nodes[0]
+    for index, node in enumerate(nodes[1:], 1):
+        for what in ("username", "password", "vhost"):
+            if getattr(node, what) != getattr(first, what):
+                raise ConfigError(
+                    f"the {what.replace('username', 'user name')} differs from the first URL's; "
+                    "the nodes of a cluster share users and virtual hosts",
+                    path + (index,),
+                )
+        earlier = [n for n in nodes[:index] if (n.host.lower(), n.port) == (node.host.lower(), node.port)]
+        if earlier:
+            first_at = ".".join(str(part) for part in path + (nodes.index(earlier[0]),))
+            raise ConfigError(f"names the same host and port as {first_at}", path + (index,))
+    return nodes
+
+
+def _queue_type(value: Any, path: Path) -> str:
+    if not isinstance(value, str) or value not in QUEUE_TYPES:
+        raise ConfigError(
+            "must be classic (the default: queues on one node, as the Go workers declare them) "
+            "or quorum (queues replicated over the nodes of a RabbitMQ cluster)",
+            path,
+        )
+    return value
+
+
+def _check_queue_type(config: Config) -> None:
+    """
+    Refuse what the queue type cannot do: RabbitMQ 3.10 quorum queues have
+    no priorities (C{x-max-priority}).
+    """
+    if config.queue_type != QUORUM:
+        return
+    for index, stage in enumerate(config.stages):
+        if getattr(stage, "max_priority", 0):
+            raise ConfigError(
+                "quorum queues have no priorities in RabbitMQ; set max_priority to 0 "
+                "or queue_type to classic",
+                ("stages", index, "max_priority"),
+            )
+
+
 #: The RabbitMQ URI query parameters we understand; all but heartbeat
 #: need amqps.
 _AMQP_URL_PARAMETERS = ("heartbeat", "cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
@@ -445,7 +524,10 @@ def parse_config(doc: object, stage_types: Mapping[str, type] | None = None) -> 
     stages = tuple(
         _parse_stage(stage, ("stages", index), cuckoos, stage_types) for index, stage in enumerate(raw_stages)
     )
-    return build(Config, doc, (), cuckoo=cuckoos, stages=stages)
+    nodes = take(doc, "amqp", (), parse_amqp_urls, (parse_amqp_url(DEFAULT_AMQP_URL),))
+    config = build(Config, doc, (), cuckoo=cuckoos, stages=stages, amqp=nodes[0], amqp_nodes=nodes)
+    _check_queue_type(config)
+    return config
 
 
 # Files.

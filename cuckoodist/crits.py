@@ -11,13 +11,22 @@ the C{Authorization: ApiKey} header only (never in a URL, a form or a log).
 Form posts use exactly C{application/x-www-form-urlencoded}, without a
 charset, because CRITs compares the content type for equality.
 
+Requests are few on purpose (issue #12): a step's notes for the analysis
+log ride on its last results request (CRITs adds the results, then the log
+line, in one request), and a dropped file is related to the analysed
+object by its upload (C{related_id}, C{related_type}), not by a second
+request.
+
 The API facts relied on here are in C{docs/peers.md}, from
 C{#crits-api-basics} on.
 """
 
 import hashlib
 import json
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+import re
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
+
+import attrs
 
 from cuckoodist.crits_encoding import encode_form, result_batches
 from cuckoodist.errors import PermanentError, TransientError
@@ -25,12 +34,84 @@ from cuckoodist.http import HTTPClient, Response
 from cuckoodist.messages import CritsData
 from cuckoodist.results import ResultRow
 
-__all__ = ["CritsClient", "CRITS_MAX_BODY"]
+__all__ = ["CritsClient", "CRITS_MAX_BODY", "LOG_LEVELS", "MAX_LOG_MESSAGE", "Note", "Upload", "log_fields"]
 
 #: Django's default DATA_UPLOAD_MAX_MEMORY_SIZE, which CRITs does not change.
 CRITS_MAX_BODY = 2_621_440
 
+#: CRITs' log levels, least severe first (it does not check them).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Characters of one note, and of one folded log message: enough for a
+#: few hundred notes, and far below any body limit even URL-encoded.
+MAX_NOTE = 4000
+MAX_LOG_MESSAGE = 20000
+
 _FORM = "application/x-www-form-urlencoded"
+
+#: CRITs' words when an upload's related object is missing; the sample is
+#: saved all the same (C{docs/peers.md#crits-samples-upload}).
+_RELATED_MISSING = re.compile(r"Related \S+ not found")
+
+#: Object types that CRITs does not relate "Related To" in an upload: an
+#: Email gets "Contained Within", so for one the relationship is forged
+#: apart, as before.
+_RELATED_OTHERWISE = frozenset({"Email"})
+
+
+@attrs.frozen
+class Note:
+    """
+    A line for the CRITs analysis log.
+    """
+
+    message: str
+    level: str = "info"
+
+
+def log_fields(notes: Iterable[Note]) -> dict[str, str]:
+    """
+    The C{log_message} and C{log_level} fields that carry C{notes} as one
+    log line: the notes in order, one per line, at the most severe of their
+    levels; nothing for no notes.  The message stays under
+    L{MAX_LOG_MESSAGE} characters, and says how many notes it left out.
+    """
+    notes = list(notes)
+    if not notes:
+        return {}
+    rank = {level: n for n, level in enumerate(LOG_LEVELS)}
+    level = max((note.level for note in notes), key=lambda lv: rank.get(lv, rank["info"]))
+    lines: list[str] = []
+    used = 0
+    for index, note in enumerate(notes):
+        line = note.message[:MAX_NOTE]
+        # Keep room for the marker line.
+        if used + len(line) > MAX_LOG_MESSAGE - 40:
+            lines.append(f"... and {len(notes) - index} more note(s)")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return {"log_message": "\n".join(lines), "log_level": level}
+
+
+@attrs.frozen
+class Upload:
+    """
+    What an upload of a dropped file did.
+
+    @ivar sample_id: the sample's id, if CRITs said it.
+    @ivar md5: the file's md5.
+    @ivar related: whether the upload related the sample to the analysed
+        object; if not, L{not_related} says why, or the caller must relate
+        it (an object type CRITs would relate otherwise).
+    @ivar not_related: CRITs' reason when it stored the sample but could
+        not relate it (the analysed object is missing); C{None} otherwise.
+    """
+
+    sample_id: str | None
+    md5: str
+    related: bool
+    not_related: str | None = None
 
 
 class CritsClient:
@@ -79,13 +160,35 @@ class CritsClient:
         )
         return _check(response, self._url, "services")
 
-    def result_requests(self, rows: Sequence[ResultRow]) -> Iterator[Mapping[str, str]]:
+    def result_requests(self, rows: Sequence[ResultRow], notes: Sequence[Note] = ()) -> Iterator[Mapping[str, str]]:
         """
-        The form bodies that add C{rows} to the analysis, in as few
-        requests as the body limit allows.  Post each with
-        L{post_request}, so that a retry repeats only the failed one.
+        The form bodies that add C{rows} to the analysis, and C{notes} to
+        its log, in as few requests as the body limit allows.  Post each
+        with L{post_request}, so that a retry repeats only the failed one.
+
+        The notes, folded into one line (L{log_fields}), ride on the last
+        results request; only when there are no rows, or that request
+        would reach the body limit with them, do they get a request of
+        their own, after the results.  The requests depend only on the
+        rows and notes, so a retry of the same step gets the same ones.
         """
-        return result_batches(rows, self._object_fields, self._max_body)
+        log = log_fields(notes)
+        batches = result_batches(rows, self._object_fields, self._max_body)
+        return self._with_log(batches, log) if log else batches
+
+    def _with_log(self, batches: Iterator[dict[str, str]], log: Mapping[str, str]) -> Iterator[Mapping[str, str]]:
+        last: dict[str, str] | None = None
+        for fields in batches:
+            if last is not None:
+                yield last
+            last = fields
+        if last is not None:
+            carrying = {**last, **log}
+            if len(encode_form(carrying)) < self._max_body:
+                yield carrying
+                return
+            yield last
+        yield {**self._object_fields, **log}
 
     async def post_request(self, fields: Mapping[str, str]) -> None:
         """
@@ -95,9 +198,11 @@ class CritsClient:
 
     async def log(self, message: str, level: str = "info") -> None:
         """
-        Add a line to the analysis log shown in CRITs.
+        Add a line to the analysis log shown in CRITs, in a request of its
+        own.  A stage's notes go with its results instead
+        (L{result_requests}).
         """
-        await self._post_service({**self._object_fields, "log_message": message[:4000], "log_level": level})
+        await self._post_service({**self._object_fields, "log_message": message[:MAX_NOTE], "log_level": level})
 
     async def finish(self, error: str | None = None) -> None:
         """
@@ -106,16 +211,23 @@ class CritsClient:
         """
         fields = {**self._object_fields, "finish": "1", "status": "error" if error else "completed"}
         if error:
-            fields.update(log_message=error[:4000], log_level="error")
+            fields.update(log_message=error[:MAX_NOTE], log_level="error")
         await self._post_service(fields)
 
-    async def upload_sample(self, file_name: str, path: str, source: str) -> tuple[str, str]:
+    async def upload_sample(self, file_name: str, path: str, source: str) -> Upload:
         """
-        Upload a dropped file as a Sample.  CRITs answers a known md5 with
-        the existing sample's id, so a redelivered upload creates nothing
-        new.
+        Upload a dropped file as a Sample, related "Related To" the
+        analysed object in the same request (C{related_id},
+        C{related_type}).  CRITs answers a known md5 with the existing
+        sample's id and keeps an existing relationship, so a redelivered
+        upload creates nothing new.
 
-        @return: C{(sample id, md5)}.
+        When the analysed object is missing, CRITs refuses the relation
+        (C{return_code} 1) but saves the sample: that is no failure here,
+        the L{Upload} says so (a second request could not relate it
+        either).  For an object CRITs would relate otherwise (an Email:
+        "Contained Within"), the upload relates nothing and the caller
+        forges the relationship with L{relate}.
         """
         with open(path, "rb") as fp:
             data = fp.read()
@@ -124,27 +236,39 @@ class CritsClient:
                 f"dropped file {file_name!r} ({len(data)} bytes) is over CRITs' {self._max_body}-byte request limit"
             )
         md5 = hashlib.md5(data).hexdigest()
+        fields = [
+            ("upload_type", "file"),
+            ("file_format", "raw"),
+            ("source", source),
+            ("method", "cuckoodist"),
+            ("md5", md5),
+        ]
+        relating = self._crits.object_type not in _RELATED_OTHERWISE
+        if relating:
+            fields += [("related_id", self._crits.object_id), ("related_type", self._crits.object_type)]
         response = await self._http.request(
             "POST",
             f"{self._url}/api/v1/samples/",
             headers=self._headers,
-            data=[
-                ("upload_type", "file"),
-                ("file_format", "raw"),
-                ("source", source),
-                ("method", "cuckoodist"),
-                ("md5", md5),
-            ],
+            data=fields,
             files={"filedata": (file_name, "application/octet-stream", data)},
             verify=self._verify,
             max_body=1024 * 1024,
             what=f"CRITs {self._url}",
         )
-        doc = _check(response, self._url, "samples")
+        _check_status(response, self._url, "samples API")
+        doc = response.json_object(f"CRITs {self._url}", "from the samples API")
         sample_id = doc.get("id")
         if not isinstance(sample_id, str) or not sample_id:
+            sample_id = None
+        message = str(doc.get("message", ""))
+        if relating and doc.get("return_code", 0) != 0 and _RELATED_MISSING.search(message):
+            reason = f"CRITs has no {self._crits.object_type} {self._crits.object_id} to relate it to"
+            return Upload(sample_id, md5, related=False, not_related=reason)
+        _check_answer(doc, "samples")
+        if sample_id is None:
             raise TransientError(f"CRITs {self._url} stored the sample but returned no id")
-        return sample_id, md5
+        return Upload(sample_id, md5, related=relating)
 
     async def download_sample(self, md5: str, sink: BinaryIO, max_size: int) -> None:
         """
@@ -174,8 +298,10 @@ class CritsClient:
 
     async def relate(self, sample_id: str, rel_type: str = "Related To") -> None:
         """
-        Forge a relationship from a dropped sample to the analysed object.
-        "Relationship already exists" is success: a redelivery asks again.
+        Forge a relationship from a dropped sample to the analysed object,
+        for the objects an upload does not relate "Related To" (an Email;
+        see L{upload_sample}).  "Relationship already exists" is success: a
+        redelivery asks again.
         """
         body = json.dumps(
             {
@@ -219,10 +345,17 @@ def _check_status(response: Response, url: str, what: str) -> None:
 def _check(response: Response, url: str, what: str) -> Mapping[str, Any]:
     _check_status(response, url, f"{what} API")
     doc = response.json_object(f"CRITs {url}", f"from the {what} API")
+    _check_answer(doc, what)
+    return doc
+
+
+def _check_answer(doc: Mapping[str, Any], what: str) -> None:
+    """
+    CRITs says a refusal with HTTP 200 and C{return_code} 1.
+    """
     if doc.get("return_code", 0) != 0:
         message = str(doc.get("message", "")).strip(", ")[:300]
         raise PermanentError(f"CRITs {what} API refused the request: {message or 'no reason given'}")
-    return doc
 
 
 def _error_text(response: Response) -> str:

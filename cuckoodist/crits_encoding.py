@@ -37,8 +37,9 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any, Iterator, Optional, Sequence
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 from cuckoodist.results import ResultRow
 
@@ -65,6 +66,7 @@ Containers nested deeper than this are replaced by a marker string.  Python
 """
 
 _TOO_DEEP = "...[nested too deep]"
+_TOO_DEEP_LITERAL = "u" + ascii(_TOO_DEEP)
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -73,6 +75,15 @@ _INT64_MAX = 2**63 - 1
 # byte of UTF-8 becomes a three-character "%XX".
 _URL_SAFE_BYTES = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~ "
+)
+# What quote_plus makes of each ASCII character it does not leave alone,
+# taken from quote_plus itself so that encode_form cannot drift from it.
+# "%" comes first because every later replacement writes a "%"; " " comes
+# last because it becomes "+", which must not then be escaped itself.
+_ASCII_ESCAPES = sorted(
+    ((chr(code), quote_plus(chr(code))) for code in range(128)
+     if quote_plus(chr(code)) != chr(code)),
+    key=lambda pair: (pair[0] != "%", pair[0] == " "),
 )
 # The "," between JSON list items, once in each of the three lists, quoted.
 _SEPARATORS_COST = 3 * len("%2C")
@@ -96,7 +107,7 @@ def to_literal(value: object) -> str:
     @param value: the value to write.
     @return: the literal, ASCII only.
     """
-    return _render(_normalise(value, 0, crits=False))
+    return _literal(value, 0, False)
 
 
 def encode_result_type(extra: Mapping[str, object]) -> str:
@@ -115,7 +126,7 @@ def encode_result_type(extra: Mapping[str, object]) -> str:
     @return: an ASCII dict literal.
     @raise TypeError: C{extra} is not a mapping.
     """
-    return _render(_crits_extra(extra))
+    return _extra_literal(extra)
 
 
 def encode_form(fields: Mapping[str, str]) -> bytes:
@@ -132,7 +143,37 @@ def encode_form(fields: Mapping[str, str]) -> bytes:
     @raise ValueError: a field holds text UTF-8 cannot encode (a lone
         surrogate); L{result_batches} never produces such fields.
     """
-    return urlencode(list(fields.items()), encoding="utf-8").encode("ascii")
+    # This gives exactly urlencode(list(fields.items()), encoding="utf-8"),
+    # which quotes one byte at a time in Python; a batch body is tens of
+    # kilobytes of ASCII (L{result_batches} writes nothing else), which
+    # _quote_ascii escapes far faster.  Anything else takes urlencode's
+    # own path, one field at a time: urlencode joins its fields with "&".
+    items = list(fields.items())
+    if items and not isinstance(items[0], tuple):
+        # urlencode refuses this (a mapping whose items are not pairs).
+        return urlencode(items, encoding="utf-8").encode("ascii")
+    pieces = []
+    for name, value in items:
+        if (type(name) is str and type(value) is str
+                and name.isascii() and value.isascii()):
+            pieces.append(_quote_ascii(name) + "=" + _quote_ascii(value))
+        else:
+            pieces.append(urlencode([(name, value)], encoding="utf-8"))
+    return "&".join(pieces).encode("ascii")
+
+
+def _quote_ascii(text: str) -> str:
+    """
+    C{quote_plus(text)} for ASCII C{text}, by replacing each character
+    C{quote_plus} escapes that C{text} holds (a batch body holds some
+    twenty of them) with C{str.replace}, which runs in C.
+    C{str.translate} with the same table would look up every character
+    in Python objects and is no faster than C{quote_plus}.
+    """
+    for char, escape in _ASCII_ESCAPES:
+        if char in text:
+            text = text.replace(char, escape)
+    return text
 
 
 def result_batches(
@@ -192,9 +233,14 @@ def _pack(
     batch: list[tuple[str, str, str]] = []
     used = 0
     for row in rows:
-        parts = _row_parts(_text(row.result), _text(row.subtype),
-                           _crits_extra(row.extra))
-        cost = _parts_cost(parts)
+        # As _row_parts(_text(result), _text(subtype), _crits_extra(extra))
+        # would give, in that order, but writing extra in one pass.
+        result, subtype = _text(row.result), _text(row.subtype)
+        extra = _extra_literal(row.extra)
+        parts = (encode_basestring_ascii(result),
+                 encode_basestring_ascii(extra),
+                 encode_basestring_ascii(subtype))
+        cost = _quoted_length(parts[0] + parts[1] + parts[2])
         if batch and used + _SEPARATORS_COST + cost >= budget:
             yield _batch_form(skeleton, batch)
             batch, used = [], 0
@@ -221,8 +267,10 @@ def _batch_form(
 
 def _row_parts(result: str, subtype: str, extra: dict) -> tuple[str, str, str]:
     """
-    The JSON items one row contributes to the three batch lists.  JSON is
-    written ASCII-only, so its URL-encoded size is easy to count.
+    The JSON items one row contributes to the three batch lists, from a
+    normalised C{extra} tree (the truncation path; L{_pack} writes the
+    same items in one pass).  JSON is written ASCII-only, so its
+    URL-encoded size is easy to count.
     """
     return (
         json.dumps(result),
@@ -353,7 +401,14 @@ def _crits_extra(extra: Mapping[str, object]) -> dict:
     """
     if not isinstance(extra, Mapping):
         raise TypeError(f"extra columns must be a mapping, not {type(extra)!r}")
-    tree = _normalise(extra, 0, crits=True)
+    return _renamed(_normalise(extra, 0, crits=True))
+
+
+def _renamed(tree: dict) -> dict:
+    """
+    Rename the top-level keys of normalised extra columns that would
+    clobber the result's own C{subtype} and C{result}.
+    """
     renamed = {}
     for key, value in tree.items():
         if key in ("subtype", "result"):
@@ -368,6 +423,9 @@ def _text(value: object) -> str:
     """
     Make text of C{value} that UTF-8 can encode.
     """
+    if type(value) is str and value.isascii():
+        # The common case, and str.isascii() costs nothing: no surrogate.
+        return value
     if isinstance(value, str):
         text = str.__str__(value)
     else:
@@ -397,6 +455,115 @@ def _int_text(number: int) -> str:
         return int.__repr__(number)
     except ValueError:
         return hex(number)
+
+
+def _literal(value: object, depth: int, crits: bool) -> str:
+    """
+    Write C{value} as C{_render(_normalise(value, depth, crits))} would,
+    in one pass.
+
+    Results are mostly exact C{str}, C{int}, C{bool}, C{None}, C{float},
+    C{dict} and C{list}: writing those directly, without first building a
+    normalised copy to walk again, and testing exact types rather than
+    running a chain of C{isinstance} checks, is what makes encoding cheap.
+    Every other type (subclasses included, whose C{repr}, C{str} or
+    C{items} may differ) is handed to L{_normalise} and L{_render}, which
+    define the output.  C{ascii()} (the C{!a} conversion) of an ASCII
+    C{str} is its C{repr()}; only non-ASCII text can hold a surrogate.
+
+    @param depth: how many containers enclose C{value}.
+    @param crits: whether to apply CRITs' storage rules (text keys, 64-bit
+        integers).
+    """
+    cls = type(value)
+    if cls is str:
+        if value.isascii():
+            return f"u{value!a}"
+        return f"u{_text(value)!a}"
+    if cls is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return f"{value!r}"
+        text = _int_text(value)
+        return f"u'{text}'" if crits else text
+    if value is None or cls is bool:
+        return f"{value!r}"
+    if cls is float:
+        return f"{value!r}" if math.isfinite(value) else f"u'{value!r}'"
+    if cls is dict:
+        if depth >= MAX_DEPTH:
+            return _TOO_DEEP_LITERAL
+        return _dict_literal(value, depth, crits)
+    if cls is list or cls is tuple:
+        if depth >= MAX_DEPTH:
+            return _TOO_DEEP_LITERAL
+        inner = depth + 1
+        items = [
+            # The commonest leaf is written here, saving a call per item.
+            f"u{item!a}" if type(item) is str and item.isascii()
+            else _literal(item, inner, crits)
+            for item in value
+        ]
+        if cls is list:
+            return "[" + ",".join(items) + "]"
+        return "(" + ",".join(items) + ("," if len(items) == 1 else "") + ")"
+    return _render(_normalise(value, depth, crits))
+
+
+def _dict_literal(
+    value: Mapping, depth: int, crits: bool, rename: bool = False
+) -> str:
+    """
+    Write the mapping C{value}, found at C{depth}, as L{_literal} would;
+    with C{rename}, rename its keys as L{_renamed} does.
+
+    Keys that are all ASCII C{str}, as in every real result, are written
+    directly.  Otherwise the entries are first collected under their
+    normalised keys (as L{_normalise_key} makes them), so that keys that
+    normalise to equal values collide exactly as in L{_normalise}'s dict:
+    the first key's place and the last value win.
+    """
+    inner = depth + 1
+    if type(value) is dict:  # whose keys and items() are known to agree
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                break
+        else:
+            if not rename or ("subtype" not in value and "result" not in value):
+                return "{" + ",".join([
+                    # The commonest leaf is written here, saving a call.
+                    f"u{key!a}:u{item!a}" if type(item) is str and item.isascii()
+                    else f"u{key!a}:{_literal(item, inner, crits)}"
+                    for key, item in value.items()
+                ]) + "}"
+    entries: dict = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            key = _normalise_key(key, inner, crits)
+        elif not key.isascii() and _SURROGATES.search(key):
+            key = _SURROGATES.sub("\ufffd", key)
+        # The commonest leaf is written here, saving a call per item.
+        if type(item) is str and item.isascii():
+            entries[key] = f"u{item!a}"
+        else:
+            entries[key] = _literal(item, inner, crits)
+    # CRITs' rules make every key an exact str, so dict membership is
+    # exactly the test _renamed makes, and most rows need no renaming.
+    if rename and ("subtype" in entries or "result" in entries):
+        entries = _renamed(entries)
+    return "{" + ",".join([
+        f"u{key!a}:{item}" if type(key) is str else f"{_render(key)}:{item}"
+        for key, item in entries.items()
+    ]) + "}"
+
+
+def _extra_literal(extra: Mapping[str, object]) -> str:
+    """
+    C{_render(_crits_extra(extra))}, in one pass for a C{dict}.
+    """
+    if not isinstance(extra, dict):
+        # This raises the TypeError for a non-mapping.
+        return _render(_crits_extra(extra))
+    return _dict_literal(extra, 0, True, rename=True)
 
 
 def _normalise(value: object, depth: int, crits: bool) -> Any:

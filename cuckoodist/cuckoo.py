@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_stage_check_results,tests.test_sim_cuckoo -*-
+# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_stage_check_results,tests.test_sim_cuckoo,tests.test_cuckoo_limit,tests.test_task_board -*-
 """
 The Cuckoo REST API, as used by the pipeline (Cuckoo 1.2 and 2.0.x).
 
@@ -13,12 +13,15 @@ C{#cuckoo-common} on.
 """
 
 import os
+import re
 from typing import Any, BinaryIO, Mapping
+
+from twisted.internet.defer import DeferredSemaphore
 
 from cuckoodist.errors import PermanentError, TransientError
 from cuckoodist.http import HTTPClient, Response
 
-__all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED", "TaskNotFound"]
+__all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED", "OutputMissing", "TaskNotFound"]
 
 #: Form fields /tasks/create/file understands; other payload keys are ignored.
 SUBMIT_FIELDS = frozenset(
@@ -41,25 +44,66 @@ class TaskNotFound(PermanentError):
     """
 
 
+class OutputMissing(TransientError):
+    """
+    Cuckoo has no report or dropped archive for the task: not written yet,
+    or the task is gone, which Cuckoo answers alike (a 404 for a report, a
+    500 for the archive of a task without an analysis folder).  Only a task
+    view tells them apart.
+    """
+
+
 class CuckooClient:
     """
     One Cuckoo instance.
 
     @param url: base URL without a trailing slash.
     @param token: Cuckoo 2.0.7's C{api_token}; empty for no auth.
+    @param limiter: shared by every client of the same node in a daemon
+        (see L{cuckoodist.stages.base.StageContext.cuckoo_limiter}), it caps
+        the requests in flight to the node, whichever stage makes them;
+        C{None} for no cap.  A request holds it from before it is sent
+        until its body is read (or streamed to its sink), so a slow report
+        download counts for as long as it takes.
     """
 
-    def __init__(self, http: HTTPClient, url: str, token: str = "", verify_ssl: bool = True) -> None:
+    def __init__(
+        self,
+        http: HTTPClient,
+        url: str,
+        token: str = "",
+        verify_ssl: bool = True,
+        limiter: DeferredSemaphore | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self._http = http
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._verify = verify_ssl
+        self._limiter = limiter
 
     def __repr__(self) -> str:
         return f"<CuckooClient {self.url}>"
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Response:
-        response = await self._http.request(
+    async def _call(self, method: str, path: str, passthrough: frozenset[int] = frozenset(), **kwargs: Any) -> Response:
+        if self._limiter is None:
+            response = await self._send(method, path, kwargs)
+        else:
+            # A caller cancelled while it waits leaves here, before the
+            # try, with CancelledError: the semaphore's canceller withdrew
+            # the wait, and nothing it did not take is released.
+            await self._limiter.acquire()
+            try:
+                response = await self._send(method, path, kwargs)
+            finally:
+                self._limiter.release()
+        if response.code == 401:
+            raise PermanentError(f"Cuckoo {self.url} refused our API token (401)")
+        if response.code >= 500 and response.code not in passthrough:
+            raise TransientError(f"Cuckoo {self.url} answered {response.code} on {path}{_message(response)}")
+        return response
+
+    async def _send(self, method: str, path: str, kwargs: Mapping[str, Any]) -> Response:
+        return await self._http.request(
             method,
             self.url + path,
             headers=self._headers,
@@ -67,11 +111,6 @@ class CuckooClient:
             what=f"Cuckoo {self.url}",
             **kwargs,
         )
-        if response.code == 401:
-            raise PermanentError(f"Cuckoo {self.url} refused our API token (401)")
-        if response.code >= 500:
-            raise TransientError(f"Cuckoo {self.url} answered {response.code} on {path}{_message(response)}")
-        return response
 
     async def status(self) -> Mapping[str, Any]:
         """
@@ -113,6 +152,22 @@ class CuckooClient:
         sample.seek(0)
         return await self._create(file_name, sample, fields)
 
+    @staticmethod
+    def timeout_of(options: Mapping[str, str]) -> int | None:
+        """
+        The analysis timeout, in seconds, that the submit options ask
+        Cuckoo for, or C{None} when they leave it to Cuckoo's configured
+        default (no C{timeout}, empty or 0, as
+        C{docs/peers.md#cuckoo-task-create} says) or name none it would
+        take (Cuckoo's database refuses a non-number).  At most nine digits
+        are read, so a hostile value never becomes a huge number.
+        """
+        text = options.get("timeout")
+        if not isinstance(text, str) or not re.fullmatch(r"\s*\+?[0-9]{1,9}\s*", text):
+            return None
+        seconds = int(text)
+        return seconds if seconds > 0 else None
+
     async def _create(self, file_name: str, content: "bytes | BinaryIO", fields: list[tuple[str, str]]) -> int:
         response = await self._call(
             "POST",
@@ -148,25 +203,69 @@ class CuckooClient:
             raise TransientError(f"Cuckoo {self.url} sent a task view without a task")
         return task
 
+    async def reported_since(self, completed_after: int) -> frozenset[int]:
+        """
+        GET /tasks/list?status=reported&completed_after=T: the ids of the
+        reported tasks whose analysis completed after T
+        (C{docs/peers.md#cuckoo-task-list}).  One such request answers for
+        every task of the node that L{cuckoodist.task_board.TaskBoard}
+        tracks, where a view per task would cost one request each.
+
+        Cuckoo turns T into a local time (C{datetime.fromtimestamp}) and
+        compares it with C{completed_on}, also local, so unix seconds from
+        our clock work up to the clock skew between the two hosts; the
+        caller leaves a margin for it.
+
+        @param completed_after: unix seconds (Cuckoo's route wants an
+            integer; anything else is a 500).
+        @raise TransientError: a non-200 answer or a body that is not the
+            documented C{{"tasks": [...]}}.
+        """
+        response = await self._call(
+            "GET",
+            "/tasks/list",
+            params={"status": "reported", "completed_after": str(int(completed_after))},
+            max_body=64 * 1024 * 1024,
+        )
+        if response.code != 200:
+            raise TransientError(f"Cuckoo {self.url} answered {response.code} for /tasks/list")
+        tasks = response.json_object(f"Cuckoo {self.url}", "for /tasks/list").get("tasks")
+        if not isinstance(tasks, list):
+            raise TransientError(f"Cuckoo {self.url} sent a task list without a list of tasks")
+        ids = set()
+        for entry in tasks:
+            # The filter is Cuckoo's; checking the status again costs
+            # nothing and keeps a server that ignored it from passing
+            # unfinished tasks on.
+            if isinstance(entry, dict) and entry.get("status") in FINISHED:
+                task_id = entry.get("id")
+                if isinstance(task_id, int) and not isinstance(task_id, bool) and task_id > 0:
+                    ids.add(task_id)
+        return frozenset(ids)
+
     async def download_report(self, task_id: int, sink: BinaryIO, max_size: int) -> None:
         """
         Stream report.json into C{sink}, refusing more than C{max_size}
         bytes.
 
-        @raise TransientError: 404, the report is not written yet.
+        @raise OutputMissing: 404, the report is not written yet, or the
+            task is gone.
         """
-        await self._download(f"/tasks/report/{task_id}/json", sink, max_size, "report")
+        await self._download(f"/tasks/report/{task_id}/json", sink, max_size, "report", frozenset({404}))
 
     async def download_dropped(self, task_id: int, sink: BinaryIO, max_size: int) -> None:
         """
         Stream the dropped-files archive (tar.bz2 by default) into C{sink}.
-        """
-        await self._download(f"/tasks/report/{task_id}/dropped", sink, max_size, "dropped files")
 
-    async def _download(self, path: str, sink: BinaryIO, max_size: int, what: str) -> None:
-        response = await self._call("GET", path, sink=sink, max_body=max_size)
-        if response.code == 404:
-            raise TransientError(f"Cuckoo {self.url} has no {what} for {path} yet (404)")
+        @raise OutputMissing: 404, or the 500 of a task without an analysis
+            folder (or of any other server failure).
+        """
+        await self._download(f"/tasks/report/{task_id}/dropped", sink, max_size, "dropped files", frozenset({404, 500}))
+
+    async def _download(self, path: str, sink: BinaryIO, max_size: int, what: str, missing: frozenset[int]) -> None:
+        response = await self._call("GET", path, passthrough=missing, sink=sink, max_body=max_size)
+        if response.code in missing:
+            raise OutputMissing(f"Cuckoo {self.url} has no {what} for {path} yet ({response.code})")
         if response.code != 200:
             raise PermanentError(f"Cuckoo {self.url} answered {response.code} for {path}")
 

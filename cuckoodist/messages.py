@@ -246,6 +246,22 @@ class TaskMessage:
     @ivar priority: the request's Cuckoo priority (1 to 3), carried as
         C{Priority} (omitted when C{None}) so later stages can publish
         with it; kept by L{for_next_stage}.
+    @ivar expected_end: C{ExpectedEnd}, epoch seconds when the analysis
+        should be over (submission plus the request's C{timeout}), so that
+        check_results asks Cuckoo first then, not every interval from the
+        start.  Set by feed_cuckoo when the request names a timeout.
+    @ivar pending_since: C{PendingSince}, the latest epoch seconds at which
+        check_results saw the task still pending or running in a task
+        view: its analysis completed later than that, so a task list
+        covering completions since then answers for it
+        (L{cuckoodist.task_board}).
+    @ivar last_view: C{LastView}, epoch seconds of check_results' last
+        per-task view, which spaces out the views that find failed tasks.
+
+    The last three are hints for check_results' timing only, dropped by
+    L{for_next_stage}; Go workers ignore them (and their check_results,
+    which re-marshals its struct, drops them, which only costs one view).
+    Like every field they are decoded as hostile input.
     """
 
     task_id: int
@@ -256,6 +272,9 @@ class TaskMessage:
     retry: RetryInfo = RetryInfo()
     progress: Mapping[str, int] = attrs.field(factory=dict, converter=lambda p: MappingProxyType(dict(p)))
     priority: int | None = None
+    expected_end: float | None = None
+    pending_since: float | None = None
+    last_view: float | None = None
 
     @classmethod
     def decode(cls, body: bytes) -> "TaskMessage":
@@ -275,6 +294,9 @@ class TaskMessage:
             retry=RetryInfo.from_doc(doc),
             progress=_progress(doc.get("Progress")),
             priority=_priority(doc.get("Priority"), "Priority"),
+            expected_end=_optional_epoch(doc.get("ExpectedEnd"), "ExpectedEnd"),
+            pending_since=_optional_epoch(doc.get("PendingSince"), "PendingSince"),
+            last_view=_optional_epoch(doc.get("LastView"), "LastView"),
         )
 
     def encode(self) -> bytes:
@@ -291,6 +313,9 @@ class TaskMessage:
             doc["Progress"] = dict(self.progress)
         if self.priority is not None:
             doc["Priority"] = self.priority
+        for key, value in (("ExpectedEnd", self.expected_end), ("PendingSince", self.pending_since), ("LastView", self.last_view)):
+            if value is not None:
+                doc[key] = value
         return _dump(self.retry.add_to(doc))
 
     def for_next_stage(self) -> "TaskMessage":
@@ -300,7 +325,7 @@ class TaskMessage:
         next stage's retries.  A poll re-published to the same stage keeps
         its count.
         """
-        return attrs.evolve(self, retry=RetryInfo(), progress={})
+        return attrs.evolve(self, retry=RetryInfo(), progress={}, expected_end=None, pending_since=None, last_view=None)
 
 
 @attrs.frozen

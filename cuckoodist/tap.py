@@ -182,7 +182,7 @@ def build_daemon(config: Config, reactor: Any) -> MultiService:
     root = _DaemonService()
     if config.log_file:
         _LogFileService(config.log_file, config.log_level).setServiceParent(root)
-    connection = AMQPConnectionService(reactor, config.amqp)
+    connection = AMQPConnectionService(reactor, config.amqp_nodes, queue_type=config.queue_type)
     connection.setName("amqp")
     connection.setServiceParent(root)
     http = HTTPClient(reactor, config.http_timeout)

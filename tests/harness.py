@@ -74,6 +74,8 @@ def config_doc(peers: Peers, p: str, dump_dir: str, stages: list[str] | None = N
         "check_results": {
             "type": "check_results", "consumer_queue": queues["check"], "producer_queue": queues["parse"],
             "failed_queue": queues["failed"], "prefetch_count": 50, "wait_between_requests": 0.5,
+            # Simulated analyses take seconds: check from 1 s after submission.
+            "default_timeout": 1,
         },
         "parse_and_submit": {
             "type": "parse_and_submit", "consumer_queue": queues["parse"], "producer_queue": "",
@@ -125,7 +127,9 @@ def request(i: int, data: bytes, with_credentials: bool = False) -> tuple[str, b
     if with_credentials:
         crits.update(username="analyst", api_key=DEFAULT_API_KEY)
     body = {
-        "payload": {"package": "exe", "options": "procmemdump=yes", "timeout": "60"},
+        # A timeout as long as a simulated analysis (Peers' default): check_results
+        # checks first at submission + timeout.
+        "payload": {"package": "exe", "options": "procmemdump=yes", "timeout": "5"},
         "file": {"name": f"sample-{i}.exe", "data": base64.b64encode(data).decode()},
         "crits_data": crits,
     }

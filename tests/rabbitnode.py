@@ -44,9 +44,18 @@ With C{tls=True} the node also listens for AMQPS with certificates made
 for the test (L{TestPKI}); C{node.amqps_url(...)} builds a URL with the
 C{cacertfile}/C{certfile}/C{keyfile} query parameters, and
 C{require_client_cert=True} makes the node refuse clients without one.
+
+A L{RabbitCluster} is several such nodes joined into one RabbitMQ cluster
+(L{private_cluster} starts one for a test): each node has its own name,
+AMQP and distribution ports, and data and log directories under one base
+directory; they share one private C{epmd} (nodes find each other through
+it) and one Erlang cookie, made for the cluster.  The cookie is not the
+user's C{~/.erlang.cookie}: that one may open the shared node to
+C{rabbitmqctl}, which a test must never be able to do.
 """
 
 import datetime
+import json
 import os
 import secrets
 import shutil
@@ -54,12 +63,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from itertools import count
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
-__all__ = ["RABBITMQ_BIN", "SKIP_REASON", "RabbitNode", "RabbitNodeError", "TestPKI", "private_node"]
+__all__ = [
+    "RABBITMQ_BIN", "SKIP_REASON", "RabbitCluster", "RabbitNode", "RabbitNodeError", "TestPKI", "private_cluster",
+    "private_node",
+]
 
 #: Where the real (unwrapped) RabbitMQ scripts live on Debian and Ubuntu.
 RABBITMQ_BIN = os.environ.get("CUCKOODIST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin")
@@ -201,8 +214,20 @@ class RabbitNode:
     @param require_client_cert: with C{tls}, refuse clients that present
         no certificate signed by the test CA.
     @param start_timeout: seconds to wait for the AMQP listener.
+    @param name: the node name's part before C{@localhost}; by default
+        C{cdtest-<pid>-<n>}.
+    @param base: the directory for the node's files, which must not exist
+        yet: it is created, and removed by L{stop}; by default a new
+        temporary directory.
+    @param epmd_port: the port of an C{epmd} someone else runs and stops
+        (a L{RabbitCluster}'s); by default the node runs its own.
+    @param cookie: the Erlang cookie; by default a random one.
+    @param app_env: settings of the C{rabbit} application that
+        C{rabbitmq.conf} cannot express (what C{advanced.config} would
+        hold), given to the Erlang VM as C{-rabbit KEY VALUE}; values are
+        Erlang terms.
 
-    @ivar node_name: C{cdtest-<pid>-<n>@localhost}.
+    @ivar node_name: C{cdtest-<pid>-<n>@localhost} unless named.
     @ivar amqp_port: the plain AMQP listener, on 127.0.0.1.
     @ivar amqps_port: the TLS listener, or C{None}.
     @ivar pki: the L{TestPKI}, or C{None}.
@@ -220,14 +245,25 @@ class RabbitNode:
         tls: bool = False,
         require_client_cert: bool = False,
         start_timeout: float = 60.0,
+        name: str | None = None,
+        base: str | None = None,
+        epmd_port: int | None = None,
+        cookie: str | None = None,
+        app_env: Mapping[str, Any] | None = None,
     ) -> None:
         if SKIP_REASON is not None:
             raise RabbitNodeError(SKIP_REASON)
-        self.node_name = f"cdtest-{os.getpid()}-{next(_serial)}@localhost"
-        self.base = tempfile.mkdtemp(prefix=f"{self.node_name.split('@')[0]}-")
+        self._app_env = dict(app_env or {})
+        self.node_name = f"{name or f'cdtest-{os.getpid()}-{next(_serial)}'}@localhost"
+        if base is None:
+            self.base = tempfile.mkdtemp(prefix=f"{self.node_name.split('@')[0]}-")
+        else:
+            self.base = base
+            os.makedirs(base)
         self.amqp_port = _free_port()
         self.dist_port = _free_port()
-        self.epmd_port = _free_port()
+        self._owns_epmd = epmd_port is None
+        self.epmd_port = _free_port() if epmd_port is None else epmd_port
         self.amqps_port = _free_port() if tls else None
         self.pki = TestPKI(os.path.join(self.base, "pki")) if tls else None
         self.start_timeout = start_timeout
@@ -237,9 +273,8 @@ class RabbitNode:
         self._home = os.path.join(self.base, "home")
         os.makedirs(self._home)
         os.makedirs(os.path.join(self.base, "log"))
-        cookie = os.path.join(self._home, ".erlang.cookie")
-        with open(os.open(cookie, os.O_WRONLY | os.O_CREAT, 0o400), "w") as f:
-            f.write(secrets.token_hex(20).upper())
+        with open(os.open(os.path.join(self._home, ".erlang.cookie"), os.O_WRONLY | os.O_CREAT, 0o400), "w") as f:
+            f.write(cookie or secrets.token_hex(20).upper())
         self._write_config(dict(settings or {}), require_client_cert)
 
     # -- files ----------------------------------------------------------
@@ -286,7 +321,10 @@ class RabbitNode:
             "RABBITMQ_PID_FILE": os.path.join(self.base, "rabbit.pid"),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": self.host,
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(
+                ["-kernel inet_dist_use_interface {127,0,0,1}"]
+                + [f"-rabbit {key} {value}" for key, value in self._app_env.items()]
+            ),
             "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         })
         return env
@@ -334,6 +372,8 @@ class RabbitNode:
     # -- life cycle -----------------------------------------------------
 
     def _start_epmd(self) -> None:
+        if not self._owns_epmd:
+            return
         if self._epmd is None or self._epmd.poll() is not None:
             self._epmd = subprocess.Popen(
                 ["epmd", "-port", str(self.epmd_port), "-address", self.host],
@@ -348,9 +388,17 @@ class RabbitNode:
 
         @raise RabbitNodeError: the node exited or did not listen in time.
         """
+        self.launch()
+        return self.wait_started()
+
+    def launch(self) -> None:
+        """
+        Start the node's processes and return at once; L{wait_started}
+        waits for it to listen.  Nodes launched together boot in parallel.
+        """
         if self._server is not None:
             raise RabbitNodeError(f"{self.node_name} is already running")
-        began = time.monotonic()
+        self._began = time.monotonic()
         self._start_epmd()
         console = open(os.path.join(self.base, "console.log"), "ab")
         try:
@@ -362,6 +410,14 @@ class RabbitNode:
             )
         finally:
             console.close()
+
+    def wait_started(self) -> "RabbitNode":
+        """
+        Wait until a L{launch}ed node answers AMQP.
+
+        @raise RabbitNodeError: the node exited or did not listen in time.
+        """
+        began = self._began
         deadline = began + self.start_timeout
         while not self._answers_amqp():
             if self._server.poll() is not None:
@@ -428,6 +484,23 @@ class RabbitNode:
         self.stop(remove=False)
         self.start()
 
+    @property
+    def running(self) -> bool:
+        """
+        Whether the node's processes are up (started, not stopped or killed).
+        """
+        return self._server is not None and self._server.poll() is None
+
+    def kill(self) -> None:
+        """
+        SIGKILL the node (its whole process group, the Erlang VM included),
+        as a machine crash would end it; its files are kept.
+        """
+        server, self._server = self._server, None
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
     def stop(self, remove: bool = True, timeout: float = 30.0) -> None:
         """
         Stop the node (SIGTERM, which RabbitMQ handles as a clean
@@ -464,3 +537,167 @@ def private_node(testcase: Any, settings: Mapping[str, Any] | None = None, **kwa
     node = RabbitNode(settings, **kwargs)
     testcase.addCleanup(node.stop)
     return node.start()
+
+
+def _in_parallel(calls: Sequence[Callable[[], object]]) -> None:
+    """
+    Run blocking C{calls} in threads and wait for all of them.
+
+    @raise BaseException: the first error any of them raised.
+    """
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as e:  # reported to the caller below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+class RabbitCluster:
+    """
+    A private RabbitMQ cluster of C{size} L{RabbitNode}s under C{base}
+    (C{base/node1}, ...), named C{cdq1-<pid>-<n>@localhost}, ...
+
+    The nodes boot in parallel, then every node but the first joins the
+    first with C{rabbitmqctl join_cluster}, one after the other.  They share
+    one private C{epmd} and a cookie made for the cluster.  Blocking, like
+    L{RabbitNode}.
+
+    @ivar nodes: the nodes, the join target first.
+    @ivar startup_seconds: how long L{start} took, joins included.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        size: int = 3,
+        settings: Mapping[str, Any] | None = None,
+        start_timeout: float = 90.0,
+        app_env: Mapping[str, Any] | None = None,
+    ) -> None:
+        if SKIP_REASON is not None:
+            raise RabbitNodeError(SKIP_REASON)
+        self.base = base
+        self.epmd_port = _free_port()
+        self.startup_seconds: float | None = None
+        self._epmd: subprocess.Popen | None = None
+        cookie = secrets.token_hex(20).upper()
+        serial = f"{os.getpid()}-{next(_serial)}"
+        os.makedirs(base, exist_ok=True)
+        self.nodes = [
+            RabbitNode(
+                settings,
+                start_timeout=start_timeout,
+                name=f"cdq{i}-{serial}",
+                base=os.path.join(base, f"node{i}"),
+                epmd_port=self.epmd_port,
+                cookie=cookie,
+                app_env=app_env,
+            )
+            for i in range(1, size + 1)
+        ]
+
+    def start(self) -> "RabbitCluster":
+        """
+        Boot the nodes and join them into one cluster.
+
+        @raise RabbitNodeError: a node did not start or join; the message
+            carries its log.
+        """
+        began = time.monotonic()
+        self._epmd = subprocess.Popen(
+            ["epmd", "-port", str(self.epmd_port), "-address", RabbitNode.host],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_started()
+        seed, joining = self.nodes[0], self.nodes[1:]
+        # Stopping the application is safe in parallel; joins and restarts
+        # are not (two nodes syncing their schema from the seed at once can
+        # fail to start mnesia), so they go one node at a time.
+        _in_parallel([node.stop_app for node in joining])
+        for node in joining:
+            self._join(node, seed)
+        running = json.loads(seed.ctl("cluster_status", "--formatter", "json")).get("running_nodes", [])
+        missing = [n.node_name for n in self.nodes if n.node_name not in running]
+        if missing:
+            raise RabbitNodeError(f"{missing} not running in the cluster, which runs {running}")
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    @staticmethod
+    def _join(node: RabbitNode, seed: RabbitNode) -> None:
+        """
+        Join C{node}, whose application is stopped, to C{seed}'s cluster.
+        A node that just booted for the first time holds nothing, so it
+        needs no reset first.
+        """
+        try:
+            node.ctl("join_cluster", seed.node_name)
+        except RabbitNodeError as e:
+            raise RabbitNodeError(f"{node.node_name} could not join {seed.node_name}: {e}\n{node.log_tail()}") from None
+        node.start_app()
+
+    def amqp_urls(self) -> list[str]:
+        """
+        One C{amqp://} URL per node, in order.
+        """
+        return [node.amqp_url() for node in self.nodes]
+
+    def node_at(self, port: int) -> RabbitNode:
+        """
+        The node whose AMQP listener is on C{port}.
+        """
+        for node in self.nodes:
+            if node.amqp_port == port:
+                return node
+        raise LookupError(f"no node of the cluster listens on port {port}")
+
+    def queue_leaders(self, node: RabbitNode | None = None) -> dict[str, str]:
+        """
+        Quorum queue name -> the node leading it, as one node (the first
+        running one by default) sees it.
+        """
+        node = node or next(n for n in self.nodes if n.running)
+        listing = node.ctl("list_queues", "--no-table-headers", "name", "leader")
+        return dict(line.split("\t")[:2] for line in listing.splitlines() if line.count("\t") >= 1)
+
+    def stop(self) -> None:
+        """
+        Kill every node (their data is thrown away, so a clean shutdown
+        would only take longer), stop the cluster's epmd and remove
+        C{base}.  Safe to call twice, and after a failed L{start}.
+        """
+        _in_parallel([node.kill for node in self.nodes])
+        for node in self.nodes:
+            node.stop(remove=False)
+        epmd, self._epmd = self._epmd, None
+        if epmd is not None and epmd.poll() is None:
+            epmd.terminate()
+            epmd.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def private_cluster(testcase: Any, size: int = 3, settings: Mapping[str, Any] | None = None, **kwargs: Any) -> RabbitCluster:
+    """
+    Start a L{RabbitCluster} under the test's temporary directory, stopped
+    and removed when the test is cleaned up, whether it passed or failed
+    (also when the start itself fails).
+
+    @param kwargs: passed to L{RabbitCluster} (C{app_env}).
+    """
+    cluster = RabbitCluster(os.path.abspath(testcase.mktemp()), size, settings, **kwargs)
+    testcase.addCleanup(cluster.stop)
+    return cluster.start()

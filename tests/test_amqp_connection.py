@@ -7,6 +7,8 @@ without tracebacks; a good connection is reported once.
 import os
 import socket
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -15,6 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.config import parse_amqp_url
+from tests.harness import wait_for
 
 AMQP_URL = os.environ.get("CUCKOODIST_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 SECRET = "not-the-password-4711"
@@ -112,3 +115,93 @@ class ConnectionReportTests(TestCase):
             self.assertEqual(infos, ["Connected to RabbitMQ at 127.0.0.1:5672/"])
             self.assertEqual(self.lines(LogLevel.warn), [])
         return Deferred.fromCoroutine(go())
+
+
+class FailoverTests(TestCase):
+    """
+    Several nodes: each attempt goes to the next one, and the log names
+    the node the daemon is connected to, never the password.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.dead = closed_port()
+        good = parse_amqp_url(AMQP_URL, ("amqp",))
+        # A node of the same cluster (same user, vhost) that is down.
+        self.nodes = (attrs.evolve(good, host="127.0.0.1", port=self.dead), good)
+        self.where = f"{good.host}:{good.port}{'' if good.vhost.startswith('/') else '/'}{good.vhost}"
+
+    def lines(self, level: LogLevel | None = None) -> list[str]:
+        return [formatEvent(e) for e in self.events if level is None or e.get("log_level") == level]
+
+    def service(self, nodes) -> AMQPConnectionService:
+        service = AMQPConnectionService(reactor, nodes, retry_policy=lambda n: 0.05)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_next_node_after_a_refusal(self) -> Deferred:
+        """
+        The first node refuses; the service connects to the second, says
+        which, and warns once about the first.
+        """
+        async def go() -> None:
+            service = self.service(self.nodes)
+            await service.whenConnected()
+            good = self.where
+            self.assertEqual(service.connected_to, good)
+            self.assertEqual(service.connections, 1)
+            warnings = self.lines(LogLevel.warn)
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn(f"Cannot connect to RabbitMQ at 127.0.0.1:{self.dead}/: connection refused", warnings[0])
+            self.assertEqual([line for line in self.lines(LogLevel.info) if "RabbitMQ at" in line],
+                             [f"Connected to RabbitMQ at {good}"])
+            self.assert_no_password()
+        return Deferred.fromCoroutine(go())
+
+    def assert_no_password(self) -> None:
+        everything = " ".join(self.lines())
+        self.assertNotIn(f":{self.nodes[1].password}@", everything)
+        self.assertNotIn(self.nodes[1].url, everything)
+
+    def test_next_node_after_a_loss(self) -> Deferred:
+        """
+        A lost connection is followed by an attempt at the next node; when
+        that one refuses, the one after it (round robin, the first again)
+        takes over, and the log says where the daemon is connected again.
+        """
+        async def go() -> None:
+            service = self.service((self.nodes[1], self.nodes[0]))
+            first = await service.whenConnected()
+            good = self.where
+            # Leave whenConnected's callbacks before asking it again.
+            await (await first.open_channel()).channel_close()
+            first.transport.loseConnection()
+            await wait_for(lambda: service.connections == 2, 10)
+            self.assertEqual(service.connected_to, good)
+            warnings = self.lines(LogLevel.warn)
+            self.assertEqual(len(warnings), 2, warnings)
+            self.assertIn(f"Lost the RabbitMQ connection to {good}", warnings[0])
+            self.assertIn(f"Cannot connect to RabbitMQ at 127.0.0.1:{self.dead}/: connection refused", warnings[1])
+            self.assertEqual(
+                [line for line in self.lines(LogLevel.info) if "RabbitMQ at" in line],
+                [f"Connected to RabbitMQ at {good}", f"Reconnected to RabbitMQ at {good}"],
+            )
+            self.assert_no_password()
+        return Deferred.fromCoroutine(go())
+
+    def test_one_node_as_before(self) -> None:
+        """
+        One C{AmqpConfig}, as every caller passed before lists existed,
+        is a list of one node; an empty list or an unknown queue type is a
+        programming error.
+        """
+        service = AMQPConnectionService(reactor, self.nodes[1])
+        self.assertEqual(service.queue_type, "classic")
+        self.assertIsNone(service.connected_to)
+        self.assertRaises(ValueError, AMQPConnectionService, reactor, ())
+        self.assertRaises(ValueError, AMQPConnectionService, reactor, self.nodes, queue_type="stream")

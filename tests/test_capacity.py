@@ -7,7 +7,7 @@ import json
 import os
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from cuckoodist.errors import TransientError
@@ -154,6 +154,64 @@ class GateTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(_ensure(gate.admit())))
         self.assertEqual(source.calls, 5)
 
+    def test_slow_answers_skip_no_tick(self) -> None:
+        """
+        An answer is fresh from when it was asked for: with answers that
+        take a second, a full Cuckoo is still probed on every tick of the
+        loop, once per interval, not every other tick.
+        """
+        clock = Clock()
+        source = _TimedSource(clock, [status(5)] * 4 + [status(0)], latency=1.0)
+        gate = CapacityGate(source, clock, 5, None, 10)
+        admitted = _ensure(gate.admit())
+        clock.advance(1)
+        self.assertFalse(self.successResultOf(admitted))
+        d = gate.when_room()
+        # Clock.advance moves time before it runs what is due: step through
+        # each answer's arrival, as a reactor would.
+        for tick in range(3):
+            clock.advance(1)
+            clock.advance(9)
+        self.assertEqual(source.asked, [0, 11, 21, 31])
+        clock.advance(1)
+        clock.advance(9)
+        clock.advance(1)
+        self.successResultOf(d)
+
+    def test_probes_bounded_by_time(self) -> None:
+        """
+        Driven as feed_cuckoo drives it (an admission per delivery every
+        50 ms, a refusal handing back and watching for room, resuming when
+        room returns) against a Cuckoo that fills and drains, the gate
+        probes at most once per interval: never two probes closer than the
+        interval, and no more than the elapsed time allows, whatever the
+        number of uploads.
+        """
+        clock = Clock()
+        replies = [status(pending) for pending in (0, 3, 5, 5, 1, 4, 5, 0, 2, 5, 5, 5, 3) * 4]
+        source = _TimedSource(clock, replies, latency=0.2)
+        interval = 2.0
+        gate = CapacityGate(source, clock, 5, None, interval)
+        uploads = 0
+        watching: list[Deferred] = []
+        for step in range(2000):  # 100 s
+            if not watching:
+                d = _ensure(gate.admit())
+                clock.advance(0)
+                if d.called:
+                    if self.successResultOf(d):
+                        uploads += 1
+                    else:
+                        watcher = gate.when_room()
+                        watching.append(watcher)
+                        watcher.addCallbacks(lambda _: watching.clear(), lambda f: f.trap(CancelledError))
+            clock.advance(0.05)
+        gate.stop()
+        gaps = [b - a for a, b in zip(source.asked, source.asked[1:])]
+        self.assertGreater(uploads, len(source.asked))
+        self.assertGreaterEqual(min(gaps), interval - 1e-9, gaps)
+        self.assertLessEqual(len(source.asked), 100 / interval + 1)
+
     def test_stop_cancels_watchers(self) -> None:
         """
         Stopping the gate cancels what waits for room, and the probe loop.
@@ -164,6 +222,24 @@ class GateTests(SynchronousTestCase):
         gate.stop()
         self.failureResultOf(d, CancelledError)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _TimedSource(StatusSource):
+    """
+    A L{StatusSource} whose answers take C{latency} seconds, noting when
+    each probe was sent.
+    """
+
+    def __init__(self, clock, replies, latency):
+        super().__init__(replies)
+        self.clock = clock
+        self.latency = latency
+        self.asked = []
+
+    async def status(self):
+        self.asked.append(self.clock.seconds())
+        await deferLater(self.clock, self.latency, lambda: None)
+        return await super().status()
 
 
 def _ensure(coro):

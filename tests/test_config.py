@@ -233,13 +233,13 @@ class ExampleFileTests(SynchronousTestCase):
         doc = yaml.safe_load(EXAMPLE.getContent())
         self.assertEqual(
             set(doc),
-            {"amqp", "log_level", "log_file", "grace_period", "http_timeout",
+            {"amqp", "queue_type", "log_level", "log_file", "grace_period", "http_timeout",
              "crits", "cuckoo", "stages"},
         )
         self.assertEqual(
             set(doc["crits"]), {"url", "username", "api_key", "verify_ssl", "allowed_urls"}
         )
-        self.assertEqual(set(doc["cuckoo"]["main"]), {"url", "token", "verify_ssl"})
+        self.assertEqual(set(doc["cuckoo"]["main"]), {"url", "token", "verify_ssl", "max_requests"})
         used = {(s["type"], key) for s in doc["stages"] for key in s}
         config = parse_config(doc)
         for stage in config.stages:
@@ -1321,3 +1321,146 @@ class NeverCrashesTests(SynchronousTestCase):
             parse_config(doc)
         except ConfigError as e:
             self.assertNotIn("\n", str(e))
+
+
+class CuckooMaxRequestsTests(ErrorAssertions, SynchronousTestCase):
+    """
+    C{cuckoo.<name>.max_requests}: the cap on requests in flight to one
+    node, 8 unless set, an integer from 1 to 1000.
+    """
+
+    def test_default_and_set(self) -> None:
+        """
+        Unset, it is 8; set, it is what the entry says.
+        """
+        config = parse_config(minimal(cuckoo={"main": {"url": "http://c:8090"}, "other": {"url": "http://d:8090", "max_requests": 2}}))
+        self.assertEqual((config.cuckoo["main"].max_requests, config.cuckoo["other"].max_requests), (8, 2))
+
+    def test_bad_values(self) -> None:
+        """
+        Zero, negatives, too large, booleans, floats and strings are
+        refused, naming the key's path.
+        """
+        for value, reason in (
+            (0, "must be at least 1, got 0"),
+            (-3, "must be at least 1, got -3"),
+            (1001, "must be at most 1000, got 1001"),
+            (True, "expected an integer"),
+            (2.5, "expected an integer"),
+            ("8", "expected an integer"),
+        ):
+            self.assertErrorAt(minimal(cuckoo={"main": {"url": "http://c:8090", "max_requests": value}}), "cuckoo.main.max_requests", reason)
+
+
+class QueueTypeTests(ErrorAssertions, SynchronousTestCase):
+    """
+    C{queue_type}: classic by default, quorum on request, nothing else,
+    and no priorities with quorum queues.
+    """
+
+    def test_default_classic(self) -> None:
+        """
+        Without the key every queue is classic, as the Go workers declare
+        them.
+        """
+        self.assertEqual(parse_config(minimal()).queue_type, "classic")
+
+    def test_quorum(self) -> None:
+        """
+        C{quorum} is taken as it is.
+        """
+        self.assertEqual(parse_config(minimal(queue_type="quorum")).queue_type, "quorum")
+
+    def test_refused(self) -> None:
+        """
+        Anything else is refused, naming both choices and never quoting the
+        value (a misplaced string may be a secret).
+        """
+        reason = (
+            "Error in configuration at 'queue_type': must be classic (the default: queues on one node, as the "
+            "Go workers declare them) or quorum (queues replicated over the nodes of a RabbitMQ cluster)"
+        )
+        for value in ("Quorum", "stream", "", None, 1, ["quorum"], {"quorum": True}):
+            error = self.assertConfigError(minimal(queue_type=value), reason)
+            self.assertEqual(error.path, ("queue_type",))
+
+    def test_priorities_refused_with_quorum(self) -> None:
+        """
+        RabbitMQ 3.10 quorum queues have no priorities: a stage with
+        C{max_priority} under C{queue_type: quorum} stops the start, naming
+        the stage's key and both ways out; with classic queues it is fine.
+        """
+        doc = minimal(queue_type="quorum")
+        doc["stages"][1]["max_priority"] = 3
+        self.assertConfigError(
+            doc,
+            "Error in configuration at 'stages.1.max_priority': quorum queues have no priorities in RabbitMQ; "
+            "set max_priority to 0 or queue_type to classic",
+        )
+        doc["stages"][1]["max_priority"] = 0
+        self.assertEqual(parse_config(doc).queue_type, "quorum")
+        doc = minimal(queue_type="classic")
+        doc["stages"][1]["max_priority"] = 3
+        self.assertEqual(parse_config(doc).stages[1].max_priority, 3)
+
+
+class AmqpNodesTests(ErrorAssertions, SynchronousTestCase):
+    """
+    The C{amqp} key as a list of nodes: C{amqp} stays the first node, and
+    C{amqp_nodes} lists them all.
+    """
+
+    def test_one_url(self) -> None:
+        """
+        One URL, or none, is a cluster of one node.
+        """
+        config = parse_config(minimal(amqp="amqp://u:p@rabbit1/"))
+        self.assertEqual(config.amqp_nodes, (config.amqp,))
+        config = parse_config(minimal())
+        self.assertEqual(config.amqp_nodes, (config.amqp,))
+        self.assertEqual((config.amqp.host, config.amqp.port), ("127.0.0.1", 5672))
+
+    def test_list(self) -> None:
+        """
+        Each URL is read like a single one; C{amqp} is the first.
+        """
+        config = parse_config(minimal(amqp=[
+            "amqp://u:p@rabbit1/prod?heartbeat=10", "amqp://u:p@rabbit2:5673/prod", "amqps://u:p@rabbit3/prod",
+        ]))
+        self.assertEqual(
+            [(n.host, n.port, n.vhost, n.tls) for n in config.amqp_nodes],
+            [("rabbit1", 5672, "prod", False), ("rabbit2", 5673, "prod", False), ("rabbit3", 5671, "prod", True)],
+        )
+        self.assertIs(config.amqp, config.amqp_nodes[0])
+        self.assertEqual(config.amqp_nodes[0].heartbeat, 10)
+        from cuckoodist.settings import keys_of
+
+        self.assertNotIn("amqp_nodes", keys_of(Config))
+        self.assertNotIn(":p@", repr(config))
+
+    def test_refused(self) -> None:
+        """
+        An empty list, a bad entry, nodes that disagree on the user, the
+        password or the vhost, and a node given twice are refused, naming
+        the entry and never the password.
+        """
+        for value, expected in [
+            ([], "Error in configuration at 'amqp': give one URL, or a list of at least one URL "
+                 "(one per node of the cluster)"),
+            (["amqp://u:hunter2@a/", "http://u:hunter2@b/"],
+             "Error in configuration at 'amqp.1': must be an amqp:// or amqps:// URL"),
+            (["amqp://u:hunter2@a/", 5], "Error in configuration at 'amqp.1': expected a string, got an integer"),
+            (["amqp://u:hunter2@a/", "amqp://v:hunter2@b/"],
+             "Error in configuration at 'amqp.1': the user name differs from the first URL's; "
+             "the nodes of a cluster share users and virtual hosts"),
+            (["amqp://u:hunter2@a/", "amqp://u:hunter3@b/"],
+             "Error in configuration at 'amqp.1': the password differs from the first URL's; "
+             "the nodes of a cluster share users and virtual hosts"),
+            (["amqp://u:hunter2@a/", "amqp://u:hunter2@b/other"],
+             "Error in configuration at 'amqp.1': the vhost differs from the first URL's; "
+             "the nodes of a cluster share users and virtual hosts"),
+            (["amqp://u:hunter2@a/", "amqp://u:hunter2@b/", "amqp://u:hunter2@B:5672/"],
+             "Error in configuration at 'amqp.2': names the same host and port as amqp.1"),
+        ]:
+            error = self.assertConfigError(minimal(amqp=value), expected)
+            self.assertNotIn("hunter", str(error))

@@ -12,14 +12,18 @@ Python 2 itself.
 from __future__ import annotations
 
 import ast
+import enum
 import glob
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
 import tokenize
+from collections import OrderedDict, namedtuple
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 from urllib.parse import parse_qs
 
@@ -27,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from cuckoodist import crits_encoding
 from cuckoodist.crits_encoding import (
     DJANGO_MAX_BODY,
     MAX_DEPTH,
@@ -36,6 +41,7 @@ from cuckoodist.crits_encoding import (
     to_literal,
 )
 from cuckoodist.results import ResultRow
+from tests import crits_encoding_reference as reference
 
 BASE = {
     "object_type": "Sample",
@@ -593,3 +599,315 @@ class Python2Tests(SynchronousTestCase):
         self.assertEqual(from_python2, from_python3)
         self.assertEqual(from_python2[0]["text"], "\x07'\"\\\n\u202e\U0010ffff\ufffd")
         self.assertEqual(from_python2[0]["extra_subtype"], "renamed")
+
+
+class _Text(str):
+    """
+    A str subclass with its own C{repr} and hash, which the encoder must
+    write as its plain value.
+    """
+
+    def __repr__(self) -> str:
+        return "TEXT"
+
+    def __hash__(self) -> int:
+        return 7
+
+
+class _Number(int):
+    """
+    An int subclass with its own C{repr}.
+    """
+
+    def __repr__(self) -> str:
+        return "NUMBER"
+
+
+class _Real(float):
+    """
+    A float subclass with its own C{repr}.
+    """
+
+    def __repr__(self) -> str:
+        return "REAL"
+
+
+class _Items(list):
+    """
+    A list subclass, which is written as a list.
+    """
+
+
+class _Mapping(Mapping):
+    """
+    A read-only mapping that is not a dict.
+    """
+
+    def __init__(self, data: dict) -> None:
+        self._data = data
+
+    def __getitem__(self, key: object) -> object:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _OddItems(dict):
+    """
+    A dict whose C{items} disagree with its keys: the encoder must go by
+    C{items}, as the reference did.
+    """
+
+    def items(self):
+        return [*super().items(), (5, "five")]
+
+
+class _Object:
+    """
+    An object whose C{str} is given, possibly a str subclass.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Broken:
+    """
+    An object whose C{str} fails.
+    """
+
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+_Pair = namedtuple("_Pair", "left right")
+
+
+class Color(enum.IntEnum):
+    """
+    Int subclass members, one past 64 bits.
+    """
+
+    RED = 1
+    BLUE = 2**64
+
+
+class RandomValues:
+    """
+    Random values, rows and forms for comparing the encoder with
+    L{tests.crits_encoding_reference}, stressing what it must get right:
+    every kind of code point, integers around the 64-bit and decimal
+    conversion limits, special floats, subclasses, keys that collide once
+    normalised, reserved key names and nesting past L{MAX_DEPTH}.
+    """
+
+    KEYS = ["subtype", "result", "extra_subtype", "extra_result",
+            "extra_extra_result", "a", "1", "True", "None", "(1,)"]
+    CHARS = ("abc XYZ019_.-~", "'\"\\", "%+&=/?#;,:{}[]()",
+             "".join(map(chr, range(32))) + "\x7f",
+             "\x80\xa0\xe9\xff", "\u0100\u20ac\u202e\u2028\ufeff\uffff",
+             "\U0001f600\U00010000\U0010ffff", "\ud800\udbff\udc00\udfff")
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def text(self, most: int = 12) -> str:
+        rng = self.rng
+        if rng.random() < 0.15:
+            return rng.choice(self.KEYS)
+        pools = rng.sample(self.CHARS, rng.randint(1, 3))
+        return "".join(rng.choice(rng.choice(pools))
+                       for _ in range(rng.randint(0, most)))
+
+    def integer(self) -> int:
+        rng = self.rng
+        return rng.choice([
+            rng.randint(-1000, 1000), 2**63 - 1, -(2**63), 2**63, -(2**63) - 1,
+            2**64, rng.randint(-(2**70), 2**70), 10**rng.randint(18, 40),
+            -7**rng.randint(20, 60), 7**9000,
+        ])
+
+    def real(self) -> float:
+        rng = self.rng
+        return rng.choice([
+            rng.uniform(-1e6, 1e6), rng.random(), 0.0, -0.0, float("inf"),
+            float("-inf"), float("nan"), 1e300, -2.5e-300, 5e-324, 1.0,
+        ])
+
+    def scalar(self) -> Any:
+        rng = self.rng
+        kind = rng.randrange(15)
+        if kind < 5:
+            return self.text()
+        if kind < 7:
+            return self.integer()
+        if kind == 7:
+            return self.real()
+        if kind == 8:
+            return rng.choice([True, False, None])
+        if kind == 9:
+            return bytes(rng.randrange(256) for _ in range(rng.randint(0, 6)))
+        if kind == 10:
+            return bytearray(b"\x00\xffab")
+        if kind == 11:
+            return rng.choice([_Text(self.text()), _Number(self.integer()),
+                               _Real(self.real())])
+        if kind == 12:
+            return rng.choice([_Object(self.text()), _Broken(), 3j,
+                               _Object(_Text(self.text())),
+                               frozenset([1]), rng.choice(list(Color))])
+        if kind == 13:
+            return rng.choice([1, True, 1.0, 0, -0.0, False, "1"])
+        return rng.choice(["", "plain", "it's", 'say "hi"', "back\\slash"])
+
+    def key(self) -> Any:
+        rng = self.rng
+        kind = rng.randrange(10)
+        if kind < 5:
+            return self.text(6)
+        if kind == 5:
+            return rng.choice([1, True, 1.0, -0.0, 0, "1", None, "None",
+                               "True", 2**64, -(2**63) - 1, float("nan")])
+        if kind == 6:
+            return rng.choice([(1,), (1, "x"), (), ("\ud800",),
+                               ((1, 2), None), _Pair(1, "b"), "(1,)"])
+        if kind == 7:
+            return rng.choice([b"ab", _Text("a"), _Text("subtype"),
+                               "\ud800", "\udc00", "\ufffd", frozenset(),
+                               _Object(_Text("subtype")), _Object(_Text("x"))])
+        if kind == 8:
+            return rng.choice([_Number(5), _Real(1.5), self.real(), "subtype",
+                               "result"])
+        return self.integer()
+
+    def value(self, depth: int = 0) -> Any:
+        rng = self.rng
+        if depth > 4 or rng.random() < 0.45:
+            return self.scalar()
+        kind = rng.randrange(10)
+        if kind == 0:
+            deep: Any = self.scalar()
+            for _ in range(rng.randint(MAX_DEPTH - 3, MAX_DEPTH + 5)):
+                deep = rng.choice([[deep], (deep,), {"k": deep}])
+            return deep
+        size = rng.randint(0, 4)
+        children = [self.value(depth + 1) for _ in range(size)]
+        if kind < 4:
+            return children
+        if kind == 4:
+            return tuple(children)
+        if kind == 5:
+            return rng.choice([_Items(children), _Pair(children, None)])
+        entries = {self.key(): child for child in children}
+        if kind == 6:
+            return rng.choice([OrderedDict(entries), _Mapping(entries)])
+        return entries
+
+    def extra(self) -> Any:
+        rng = self.rng
+        if rng.random() < 0.01:
+            return rng.choice([[("a", 1)], None, "x"])
+        entries = {self.key(): self.value(1) for _ in range(rng.randint(0, 5))}
+        if rng.random() < 0.1:
+            return rng.choice([OrderedDict(entries), _Mapping(entries),
+                               _OddItems(entries)])
+        return entries
+
+    def row(self) -> ResultRow:
+        rng = self.rng
+
+        def cell() -> Any:
+            if rng.random() < 0.1:
+                return self.scalar()
+            return self.text(rng.choice([8, 8, 40, 400]))
+
+        return ResultRow(subtype=cell(), result=cell(), extra=self.extra())
+
+    def form(self) -> dict:
+        rng = self.rng
+        fields: dict = {}
+        for _ in range(rng.randint(0, 5)):
+            value = rng.choice([self.text, self.text, self.scalar])()
+            fields[rng.choice([self.text(6), "result", b"k\xff", 5])] = value
+        return fields
+
+
+def outcome(function, *args: Any) -> tuple:
+    """
+    What calling C{function} gives: its value (an iterator's items), or the
+    type and text of what it raised.
+    """
+    try:
+        value = function(*args)
+        if isinstance(value, Iterator):
+            value = list(value)
+        return ("value", value)
+    except Exception as error:
+        return ("raised", type(error), str(error))
+
+
+class ReferenceIdentityTests(SynchronousTestCase):
+    """
+    The encoder writes exactly what the implementation it replaced wrote
+    (kept as L{tests.crits_encoding_reference}), byte for byte, for random
+    values, rows, limits and forms.
+    """
+
+    def assertSame(self, name: str, *args: Any) -> None:
+        got = outcome(getattr(crits_encoding, name), *args)
+        want = outcome(getattr(reference, name), *args)
+        if got != want:
+            self.fail(f"{name}{args!r}:\n  got  {got!r}\n  want {want!r}")
+
+    def test_values(self) -> None:
+        """
+        L{to_literal} and L{encode_result_type} of random values.
+        """
+        values = RandomValues(1201)
+        for _ in range(2000):
+            value = values.value()
+            self.assertSame("to_literal", value)
+            self.assertSame("encode_result_type", values.extra())
+            if isinstance(value, Mapping):
+                self.assertSame("encode_result_type", value)
+
+    def test_batches(self) -> None:
+        """
+        L{result_batches} of random rows under random limits, from too small
+        for anything to Django's, and L{encode_form} of every request.
+        """
+        values = RandomValues(1202)
+        for _ in range(600):
+            rows = [values.row() for _ in range(values.rng.randint(0, 6))]
+            max_body = values.rng.choice(
+                [values.rng.randint(150, 1200), values.rng.randint(1200, 6000),
+                 DJANGO_MAX_BODY])
+            if values.rng.random() < 0.3:
+                # Right at the edge: the body of all rows in one request.
+                kind, forms = outcome(reference.result_batches, rows, BASE,
+                                      DJANGO_MAX_BODY)[:2]
+                if kind == "value" and len(forms) == 1:
+                    size = len(reference.encode_form(forms[0]))
+                    max_body = size + values.rng.choice([0, 1])
+            self.assertSame("result_batches", rows, BASE, max_body)
+            kind, forms = outcome(crits_encoding.result_batches, rows, BASE,
+                                  max_body)[:2]
+            if kind == "value":
+                for form in forms:
+                    self.assertSame("encode_form", form)
+
+    def test_forms(self) -> None:
+        """
+        L{encode_form} of random fields: every code point, surrogates
+        (refused), bytes and non-text values.
+        """
+        values = RandomValues(1203)
+        for _ in range(3000):
+            self.assertSame("encode_form", values.form())

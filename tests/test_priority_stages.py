@@ -62,7 +62,8 @@ class StagePublishTests(SynchronousTestCase):
         """
         w = World(self, CheckResults, {"type": "check_results"}, cuckoo={"analysis_seconds": 10})
         task_id = w.submit()
-        body = w.task_message(task_id, priority=2).encode()
+        # Due now: check_results asks Cuckoo only from its expected end.
+        body = w.task_message(task_id, priority=2, expected_end=w.clock.seconds()).encode()
         self.successResultOf(deliver(w, body, 2))
         w.clock.advance(10)
         self.successResultOf(deliver(w, body, 2))

@@ -339,6 +339,51 @@ class SamplesTests(CritsTestCase):
         self.assertIn("not found. Sample not uploaded.", body["message"])
         self.assertIn(body["id"], self.state()["samples"])
 
+    def test_upload_related_id(self) -> None:
+        """
+        C{related_id} with C{related_type} relates the upload "Related To"
+        that object on both sides ("Contained Within" an Email), again
+        without a duplicate on a repeated upload; a missing object is
+        reported with return_code 1, yet the sample is saved and its id
+        returned.
+        """
+        self.service(object_id="5dde0000000000000000aaaa")  # the analysed Sample, touched
+        code, body = self.upload(b"child", related_id="5dde0000000000000000aaaa", related_type="Sample")
+        self.assertEqual((code, body["return_code"]), (200, 0))
+        self.upload(b"child", related_id="5dde0000000000000000aaaa", related_type="Sample")
+        child = body["id"]
+        self.assertEqual(self.state()["relationships"], [
+            {"left_type": "Sample", "left_id": child, "right_type": "Sample",
+             "right_id": "5dde0000000000000000aaaa", "rel_type": "Related To"},
+            {"left_type": "Sample", "left_id": "5dde0000000000000000aaaa", "right_type": "Sample",
+             "right_id": child, "rel_type": "Related To"}])
+        code, body = self.upload(b"orphan", related_id="5dde0000000000000000ffff", related_type="Sample")
+        self.assertEqual(body["return_code"], 1)
+        self.assertIn("Related 5dde0000000000000000ffff not found. Sample not uploaded.", body["message"])
+        self.assertIn(body["id"], self.state()["samples"])
+        self.service(object_type="Email", object_id="e" * 24)
+        mail = self.upload(b"attachment", related_id="e" * 24, related_type="Email")[1]["id"]
+        self.assertIn({"left_type": "Sample", "left_id": mail, "right_type": "Email",
+                       "right_id": "e" * 24, "rel_type": "Contained Within"}, self.state()["relationships"])
+
+    def test_actions_counted(self) -> None:
+        """
+        C{/_sim/state} counts what requests did, beyond their route: a
+        services request that adds results, a log line and finishes counts
+        for each; uploads with and without a relation, forged
+        relationships and standalone log lines are told apart.
+        """
+        self.service(result="r", result_type="{}", result_subtype="s", log_message="n", finish="1")
+        self.service(log_message="alone")
+        sample = self.upload(b"one")[1]["id"]
+        self.upload(b"two", related_id=sample, related_type="Sample")
+        self.patch(sample, {"action": "forge_relationship", "right_type": "Sample",
+                            "right_id": "5dde0000000000000000aaaa", "rel_type": "Related To"})
+        state = self.state()
+        self.assertEqual(state["requests"], {"services POST": 2, "samples POST": 2, "samples/detail PATCH": 1})
+        self.assertEqual(state["actions"], {"results": 1, "log": 2, "finish": 1, "log only": 1, "upload": 1,
+                                            "upload related": 1, "forge_relationship": 1})
+
     def test_forge_relationship(self) -> None:
         """
         A new relationship is C{success!}; the same again is "Relationship

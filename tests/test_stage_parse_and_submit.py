@@ -6,6 +6,7 @@ in a delay queue, and a failure carries what was already posted.
 
 import json
 
+import attrs
 from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -45,7 +46,17 @@ class Harness(SynchronousTestCase):
         return {row["subtype"] for row in self.world.analysis()["results"]}
 
     def logs(self) -> list[str]:
-        return [line["message"] for line in self.world.analysis()["log"]]
+        """
+        The notes in the analysis log, one per line: a step's notes arrive
+        as one log entry.
+        """
+        return [line for entry in self.world.analysis()["log"] for line in entry["message"].split("\n")]
+
+    def services(self) -> list[bytes]:
+        """
+        The bodies of the services requests sent.
+        """
+        return [s.body for s in self.world.agent.sent if s.url == CRITS + "/api/v1/services/"]
 
     def failure(self) -> dict:
         (failed,) = self.world.outbox.published
@@ -85,6 +96,11 @@ class ParserTests(Harness):
         rows = [r for r in w.analysis()["results"] if r["subtype"] == "api_call"]
         self.assertEqual(len(rows), 3)
         self.assertIn("Pushed 3 of 40 API calls (push_api_calls_max).", self.logs())
+        # The note rides on the results: one request for both, then finish.
+        (results, finish) = self.services()
+        self.assertIn(b"result_is_batch=1", results)
+        self.assertIn(b"log_message=Pushed+3+of+40", results)
+        self.assertEqual(w.analysis()["log"][0]["level"], "info")
 
 
 class FinishTests(Harness):
@@ -104,15 +120,17 @@ class FinishTests(Harness):
 
     def test_cleanup_held_by_the_broker(self) -> None:
         """
-        The last instance checks the task exists, finishes the analysis,
-        and publishes the task to its clean-up queue through a delay of
-        C{cleanup_delay}; the task is not deleted yet.
+        The last instance finishes the analysis, without viewing the task
+        (its report is there), and publishes the task to its clean-up
+        queue through a delay of C{cleanup_delay}; the task is not deleted
+        yet.
         """
         w = self.make(enabled_parsers=["info"])
         self.successResultOf(w.deliver(self.task.encode()))
         (later,) = w.outbox.published
         self.assertEqual((later.queue, later.delay, later.body), ("worker/parse_and_submit.cleanup", 300.0, self.task.encode()))
-        self.assertEqual(w.agent.paths()[0], f"/tasks/view/{self.task_id}")
+        self.assertEqual(w.agent.paths()[0], f"/tasks/report/{self.task_id}/json")
+        self.assertNotIn(f"/tasks/view/{self.task_id}", w.agent.paths())
         self.assertEqual(w.analysis()["status"], "completed")
         self.assertFalse(w.cuckoo.state()["tasks"][str(self.task_id)]["deleted"])
 
@@ -137,15 +155,51 @@ class FinishTests(Harness):
 
     def test_task_gone(self) -> None:
         """
-        A task no longer in Cuckoo is failed as final before any work.
+        A task no longer in Cuckoo is failed as final when its report is
+        missing and a view says the task is gone, before anything is
+        posted.
         """
         w = self.make()
         gone = w.task_message(99)
         self.successResultOf(w.deliver(gone.encode()))
         doc = self.failure()
-        self.assertEqual((doc["Final"], w.agent.paths()), (True, ["/tasks/view/99"]))
+        self.assertEqual((doc["Final"], w.agent.paths()), (True, ["/tasks/report/99/json", "/tasks/view/99"]))
         self.assertIn("Cuckoo task 99 no longer exists", doc["Error"])
         self.assertIsNone(w.analysis())
+
+    def test_task_gone_dropped_only(self) -> None:
+        """
+        Without report parsers, the 500 Cuckoo answers for the archive of
+        a task without an analysis folder leads to the same view, and the
+        same final failure.
+        """
+        w = self.make(enabled_parsers=["dropped"])
+        self.successResultOf(w.deliver(w.task_message(99).encode()))
+        doc = self.failure()
+        self.assertEqual((doc["Final"], w.agent.paths()), (True, ["/tasks/report/99/dropped", "/tasks/view/99"]))
+        self.assertIn("Cuckoo task 99 no longer exists", doc["Error"])
+        self.assertIsNone(w.analysis())
+
+    def test_report_not_written_yet(self) -> None:
+        """
+        A report missing for a task that exists is waited for, as before;
+        the task is viewed once for the whole delivery, not per retry nor
+        per step.
+        """
+        w = World(self, ParseAndSubmit, stage(), cuckoo={"analysis_seconds": 10})
+        self.world = w
+        task_id = w.submit()
+        w.clock.advance(5)  # running: no report, no analysis folder yet
+        task = w.task_message(task_id)
+        w.crits.touch_object("Sample", task.crits.object_id)
+        d = w.deliver(task.encode())
+        for wait in (2, 4):
+            self.assertNoResult(d)
+            w.clock.advance(wait)
+        self.successResultOf(d)
+        self.assertEqual(w.agent.paths().count(f"/tasks/view/{task_id}"), 1, w.agent.paths())
+        self.assertGreater(w.agent.paths().count(f"/tasks/report/{task_id}/json"), 1)
+        self.assertEqual(w.analysis()["status"], "completed")
 
 
 class CleanupHandlerTests(Harness):
@@ -241,6 +295,7 @@ class ProgressTests(Harness):
         w.outbox.published.clear()
         self.successResultOf(w.deliver(json.dumps(carried).encode()))
         self.assertEqual((len(w.analysis()["results"]), len(w.crits.state()["samples"])), (posted, samples))
+        self.assertEqual(len(w.analysis()["log"]), 1)  # the dropped step's notes, once
         self.assertEqual(w.analysis()["status"], "completed")
         self.assertNotIn(f"/tasks/report/{self.task_id}/json", w.agent.paths())
         self.assertEqual(w.outbox.published[0].queue, "worker/parse_and_submit.cleanup")
@@ -277,10 +332,53 @@ class DroppedTests(Harness):
         related = {(r["left_id"], r["right_id"]) for r in state["relationships"]}
         self.assertTrue(related.issuperset((k, self.task.crits.object_id) for k in dropped))
         self.assertTrue(any(line.startswith("Skipped archive entry: files/empty_") for line in self.logs()))
+        # Related by the upload itself; the notes ride on the rows.
+        self.assertEqual(w.agent.paths("PATCH"), [])
+        self.assertEqual(w.crits.state()["actions"].get("upload related"), len(dropped))
+        self.assertEqual(len(self.services()), 2)  # rows with notes, finish
+        self.assertEqual(w.analysis()["log"][0]["level"], "warning")
 
         w.outbox.published.clear()
         self.successResultOf(w.deliver(self.task.encode()))
         self.assertEqual(len([s for s in w.crits.state()["samples"].values() if s["md5"]]), len(dropped))
+        self.assertEqual(len(w.crits.state()["relationships"]), 2 * len(dropped))
+
+    def test_related_object_missing(self) -> None:
+        """
+        When CRITs has no analysed object to relate a dropped file to, it
+        refuses the relation but stores the sample: the row is posted, the
+        log says the file is not related, and no other request is tried.
+        """
+        w = self.make(enabled_parsers=["dropped"])
+        task = w.task_message(self.task_id)
+        orphan = attrs.evolve(task, crits=attrs.evolve(task.crits, object_id="f" * 24))
+        self.successResultOf(w.deliver(orphan.encode()))
+        state = w.crits.state()
+        dropped = {k for k, s in state["samples"].items() if s["md5"]}
+        self.assertTrue(dropped)
+        self.assertEqual(len(w.analysis()["results"]), len(dropped))
+        self.assertEqual(state["relationships"], [])
+        self.assertEqual(w.agent.paths("PATCH"), [])
+        self.assertTrue(any("stored but not related: CRITs has no Sample ffff" in line for line in self.logs()), self.logs())
+        self.assertEqual(w.analysis()["status"], "completed")
+
+    def test_email_related_apart(self) -> None:
+        """
+        CRITs would relate a file uploaded for an Email "Contained Within"
+        it, so for an Email the relationship is forged apart, "Related To"
+        as for any other object.
+        """
+        w = self.make(enabled_parsers=["dropped"])
+        task = w.task_message(self.task_id)
+        email = attrs.evolve(task, crits=attrs.evolve(task.crits, object_type="Email"))
+        w.crits.touch_object("Email", task.crits.object_id)
+        self.successResultOf(w.deliver(email.encode()))
+        state = w.crits.state()
+        dropped = [k for k, s in state["samples"].items() if s["md5"]]
+        self.assertEqual(state["actions"].get("upload related", 0), 0)
+        self.assertEqual(len(w.agent.paths("PATCH")), len(dropped))
+        self.assertTrue({(k, "Email", "Related To") for k in dropped}
+                        <= {(r["left_id"], r["right_type"], r["rel_type"]) for r in state["relationships"]})
 
     def test_archive_too_large(self) -> None:
         """
@@ -291,6 +389,10 @@ class DroppedTests(Harness):
         self.successResultOf(w.deliver(self.task.encode()))
         self.assertEqual((w.analysis()["status"], w.analysis()["results"]), ("completed", []))
         self.assertTrue(any(line.startswith("Dropped files not processed:") for line in self.logs()))
+        # No rows: the note goes alone, then the finish.
+        (note, finish) = self.services()
+        self.assertNotIn(b"result=", note)
+        self.assertIn(b"finish=1", finish)
 
     def test_no_source(self) -> None:
         """
@@ -349,6 +451,31 @@ class PartialProgressTests(Harness):
         self.assertEqual(w.analysis()["status"], "completed")
 
 
+    def test_request_carrying_notes(self) -> None:
+        """
+        When the request carrying a step's notes fails, the retry posts
+        that request (results and notes) once, and the earlier ones not
+        again.
+        """
+        w = self.make(enabled_parsers=["info", "dropped"], cuckoo_cleanup=False)
+        failing = [True]
+        w.agent.refuse = lambda sent: failing[0] and sent.url.startswith(CRITS) and b"log_message=Skipped" in sent.body
+        d = w.deliver(self.task.encode())
+        for wait in (1, 2, 4):
+            self.assertNoResult(d)
+            w.clock.advance(wait)
+        carried = json.loads(self.failure()["Msg"])
+        self.assertEqual(carried["Progress"], {"report_requests": 1, "report_done": 1})
+        failing[0] = False
+        w.outbox.published.clear()
+        self.successResultOf(w.deliver(json.dumps(carried).encode()))
+        subtypes = [r["subtype"] for r in w.analysis()["results"]]
+        self.assertEqual(subtypes.count("info"), 1)
+        self.assertGreaterEqual(subtypes.count("file_added"), 1)
+        self.assertEqual(len(w.analysis()["log"]), 1)
+        self.assertEqual(w.analysis()["status"], "completed")
+
+
 class BoundedReportTests(Harness):
     def test_bounded_values_noted(self) -> None:
         """
@@ -367,3 +494,82 @@ class BoundedReportTests(Harness):
         (row,) = w.analysis()["results"]
         self.assertLessEqual(len(row["result"]), MAX_STRING)
         self.assertTrue(any(line.startswith("Report values bounded: 1 string(s) cut") for line in self.logs()), self.logs())
+
+
+class NoteRequestTests(SynchronousTestCase):
+    """
+    How a step's notes travel: folded into one log line on the step's
+    last results request, within the body limit.
+    """
+
+    def client(self, max_body: int = 2_500_000):
+        from cuckoodist.crits import CritsClient
+        from cuckoodist.messages import CritsData
+
+        return CritsClient(None, CritsData("a-1", "Sample", "o" * 24), max_body=max_body)
+
+    def rows(self, n: int, size: int = 100):
+        from cuckoodist.results import ResultRow
+
+        return [ResultRow("info", f"{i}:" + "x" * size, {}) for i in range(n)]
+
+    def test_folded(self) -> None:
+        """
+        Several notes become one message, one note a line, at the most
+        severe of their levels; no notes, no log fields.
+        """
+        from cuckoodist.crits import Note, log_fields
+
+        self.assertEqual(log_fields([]), {})
+        fields = log_fields([Note("a"), Note("b", "warning"), Note("c", "debug")])
+        self.assertEqual(fields, {"log_message": "a\nb\nc", "log_level": "warning"})
+        self.assertEqual(log_fields([Note("a", "error"), Note("b", "critical")])["log_level"], "critical")
+
+    def test_folded_bounded(self) -> None:
+        """
+        Many long notes are cut to L{MAX_LOG_MESSAGE} characters, saying
+        how many were left out.
+        """
+        from cuckoodist.crits import MAX_LOG_MESSAGE, Note, log_fields
+
+        message = log_fields([Note("n" * 5000)] * 50)["log_message"]
+        self.assertLessEqual(len(message), MAX_LOG_MESSAGE)
+        self.assertTrue(message.endswith("\n... and 46 more note(s)"), message[-40:])  # four fit
+
+    def test_on_last_request(self) -> None:
+        """
+        The notes ride on the last of several results requests, and only
+        there; every body stays under the limit.
+        """
+        from cuckoodist.crits import Note
+        from cuckoodist.crits_encoding import encode_form
+
+        crits = self.client(max_body=3000)
+        # 45 rows: three requests, the last with room to spare.
+        requests = list(crits.result_requests(self.rows(45), [Note("hello", "warning")]))
+        plain = list(crits.result_requests(self.rows(45)))
+        self.assertGreater(len(requests), 2)
+        self.assertEqual(len(requests), len(plain))
+        self.assertEqual(requests[:-1], plain[:-1])
+        self.assertEqual(requests[-1], {**plain[-1], "log_message": "hello", "log_level": "warning"})
+        self.assertTrue(all(len(encode_form(r)) < 3000 for r in requests))
+
+    def test_apart_when_full(self) -> None:
+        """
+        When the last results request has no room left for the notes, they
+        follow in a request of their own; with no rows, too.
+        """
+        from cuckoodist.crits import Note
+        from cuckoodist.crits_encoding import encode_form
+
+        crits = self.client(max_body=3000)
+        note = Note("n" * 1500)
+        plain = list(crits.result_requests(self.rows(1, size=2000)))
+        self.assertGreater(len(encode_form(plain[-1])) + 1500, 3000)
+        requests = list(crits.result_requests(self.rows(1, size=2000), [note]))
+        self.assertEqual(requests[:-1], plain)
+        self.assertEqual(requests[-1], {"object_type": "Sample", "object_id": "o" * 24, "analysis_id": "a-1",
+                                        "log_message": note.message, "log_level": "info"})
+        self.assertTrue(all(len(encode_form(r)) < 3000 for r in requests))
+        self.assertEqual(list(crits.result_requests([], [note])), requests[-1:])
+        self.assertEqual(list(crits.result_requests([], [])), [])

@@ -15,10 +15,19 @@ is still connecting and would log an Automat C{NoTransition} traceback on
 every retry.  L{_LoginGate} therefore tells the service about a lost
 connection only once the login has succeeded.  What happened is reported by
 L{ConnectionLog}, once per change of state.
+
+A cluster is only worth having if the daemon can leave a node that died.
+Given the URLs of several nodes (the C{amqp} key as a list), the service
+tries the next node on every attempt, round robin (L{_NodeRotation}): a
+lost node costs one reconnect, to the next one, and a node that stays down
+costs one refused attempt per round, still within the backoff.  The nodes
+are expected to share users and the vhost, as a cluster's nodes do; each
+keeps its own host, port and TLS settings.  The log names the node the
+daemon is connected to, never a password.
 """
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
@@ -33,6 +42,7 @@ from zope.interface import implementer
 from cuckoodist.amqp.connection_log import ConnectionLog, why_connect_failed
 from cuckoodist.amqp.protocol import AMQPClient, ConfirmingDelegate, describe_close
 from cuckoodist.amqp.tls import client_tls_options
+from cuckoodist.amqp.topology import CLASSIC, QUEUE_TYPES
 
 __all__ = ["AMQPConnectionService", "SPEC_PATH", "load_amqp_spec"]
 
@@ -58,25 +68,49 @@ def load_amqp_spec() -> Any:
 
 class _ClientFactory(Factory):
     """
-    Builds L{AMQPClient}s for one vhost, heartbeat and clock.
+    Builds L{AMQPClient}s for the vhost and heartbeat of the node being
+    connected to, and one clock.
+
+    @param node: returns the C{AmqpConfig} of the current attempt's node.
     """
 
     noisy = False
 
-    def __init__(self, spec: Any, vhost: str, heartbeat: int, clock: IReactorTime) -> None:
+    def __init__(self, spec: Any, node: Callable[[], Any], clock: IReactorTime) -> None:
         self._spec = spec
-        self._vhost = vhost
-        self._heartbeat = heartbeat
+        self._node = node
         self._clock = clock
 
     def buildProtocol(self, addr: Any) -> AMQPClient:
+        node = self._node()
         return AMQPClient(
             ConfirmingDelegate(),
-            vhost=self._vhost,
+            vhost=node.vhost,
             spec=self._spec,
-            heartbeat=self._heartbeat,
+            heartbeat=node.heartbeat,
             clock=self._clock,
         )
+
+
+@implementer(IStreamClientEndpoint)
+class _NodeRotation:
+    """
+    Connects to one node per attempt, the next one each time, round robin.
+    L{ClientService} makes one attempt at a time, so L{current} is the
+    node of the attempt under way (or of the connection it made).
+
+    @param endpoints: one endpoint per node, in the configured order.
+    @ivar current: the index of the node of the latest attempt.
+    """
+
+    def __init__(self, endpoints: Sequence[Any]) -> None:
+        self._endpoints = tuple(endpoints)
+        self._next = 0
+        self.current = 0
+
+    def connect(self, factory: Any) -> Deferred:
+        self.current, self._next = self._next, (self._next + 1) % len(self._endpoints)
+        return self._endpoints[self.current].connect(factory)
 
 
 class _LoginGate(Protocol):
@@ -141,19 +175,37 @@ class _GatedEndpoint:
         return connecting.addCallbacks(lambda gate: gate.proxy, failed)
 
 
+def where(amqp: Any) -> str:
+    """
+    A node as the log names it, C{host:port/vhost}: never the password.
+    """
+    return f"{amqp.host}:{amqp.port}{'' if amqp.vhost.startswith('/') else '/'}{amqp.vhost}"
+
+
 class AMQPConnectionService(ClientService):
     """
-    Keeps one authenticated AMQP connection open.
+    Keeps one authenticated AMQP connection open, to one node of a list.
 
     @param reactor: the reactor to connect with and to time retries on.
-    @param amqp: the C{amqp} section of the configuration.
+    @param amqp: the C{amqp} section of the configuration (an
+        C{AmqpConfig}), or a sequence of them, one per node of a cluster
+        (C{Config.amqp_nodes}): each attempt goes to the next one.
     @param retry_policy: seconds to wait after N failed attempts; the
         default backs off from 1 s to 5 s with jitter, so the daemon is
         consuming again within seconds of a broker coming back, however
         long it was away (a refused connection costs the broker nothing).
         Delays are rounded to tenths of a second.
     @param log: where connection state changes go.
+    @param queue_type: the type (C{classic} or C{quorum}) of every queue
+        declared over this connection; consumers and producers read it
+        here (see L{cuckoodist.amqp.consumer}).
     @raise ConfigError: a TLS file cannot be read or parsed.
+
+    @ivar queue_type: as given.
+    @ivar connected_to: C{host:port/vhost} of the node of the current
+        connection, C{None} while there is none.
+    @ivar connections: how many times the service has logged in, the
+        first connection included.
     """
 
     def __init__(
@@ -162,17 +214,29 @@ class AMQPConnectionService(ClientService):
         amqp: Any,
         retry_policy: Callable[[int], float] | None = None,
         log: Logger | None = None,
+        queue_type: str = CLASSIC,
     ) -> None:
-        self._amqp = amqp
-        self._where = f"{amqp.host}:{amqp.port}{'' if amqp.vhost.startswith('/') else '/'}{amqp.vhost}"
-        self._report = ConnectionLog(self._where, log)
+        nodes = tuple(amqp) if isinstance(amqp, (list, tuple)) else (amqp,)
+        if not nodes:
+            raise ValueError("at least one broker node is needed")
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(f"unknown queue type {queue_type!r}")
+        self._nodes = nodes
+        self.queue_type = queue_type
+        self.connected_to: str | None = None
+        self.connections = 0
+        self._report = ConnectionLog(where(nodes[0]), log)
         self._why: str | None = None
         policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=_MAX_RECONNECT_DELAY)
-        endpoint = HostnameEndpoint(reactor, amqp.host, amqp.port, timeout=15)
-        if amqp.tls:
-            endpoint = wrapClientTLS(client_tls_options(amqp), endpoint)
-        endpoint = _GatedEndpoint(endpoint, self._connect_failed, self._connection_lost)
-        factory = _ClientFactory(load_amqp_spec(), amqp.vhost, amqp.heartbeat, reactor)
+        endpoints = []
+        for node in nodes:
+            endpoint = HostnameEndpoint(reactor, node.host, node.port, timeout=15)
+            if node.tls:
+                endpoint = wrapClientTLS(client_tls_options(node), endpoint)
+            endpoints.append(endpoint)
+        self._rotation = _NodeRotation(endpoints)
+        endpoint = _GatedEndpoint(self._rotation, self._connect_failed, self._connection_lost)
+        factory = _ClientFactory(load_amqp_spec(), lambda: self._node, reactor)
         super().__init__(
             endpoint,
             factory,
@@ -184,6 +248,17 @@ class AMQPConnectionService(ClientService):
         self._client: AMQPClient | None = None
         self._stopping = False
 
+    @property
+    def _node(self) -> Any:
+        """
+        The C{AmqpConfig} of the node of the latest attempt.
+        """
+        return self._nodes[self._rotation.current]
+
+    @property
+    def _where(self) -> str:
+        return where(self._node)
+
     def _next_delay(self, policy: Callable[[int], float], attempt: int) -> float:
         """
         The retry policy: called once per failed attempt, just after the
@@ -192,17 +267,18 @@ class AMQPConnectionService(ClientService):
         delay = round(policy(attempt), 1)
         why, self._why = self._why, None
         if why is not None and not self._stopping:
-            self._report.failed(why, delay)
+            self._report.failed(why, delay, self._where)
         return delay
 
     def _connect_failed(self, reason: Failure) -> None:
         self._why = why_connect_failed(reason, handshake_started=False)
 
     def _connection_lost(self, reason: Failure) -> None:
+        lost_from, self.connected_to = self.connected_to or self._where, None
         if self._stopping:
-            log.info("Closed the RabbitMQ connection to {where}", where=self._where)
+            log.info("Closed the RabbitMQ connection to {where}", where=lost_from)
         else:
-            self._report.lost(describe_close(reason))
+            self._report.lost(describe_close(reason), lost_from)
 
     def _login(self, client: AMQPClient) -> Deferred:
         """
@@ -210,13 +286,17 @@ class AMQPConnectionService(ClientService):
         counts as a failed connection attempt and is retried with backoff.
         """
 
+        node = self._node
+
         async def login() -> None:
-            await client.authenticate(self._amqp.username, self._amqp.password, mechanism="PLAIN")
+            await client.authenticate(node.username, node.password, mechanism="PLAIN")
 
         def succeeded(_: object) -> None:
             client.mark_logged_in()
             self._client = client
-            self._report.connected()
+            self.connected_to = where(node)
+            self.connections += 1
+            self._report.connected(self.connected_to)
 
         def failed(reason: Failure) -> Failure:
             self._why = why_connect_failed(reason, handshake_started=True)

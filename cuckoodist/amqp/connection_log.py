@@ -5,9 +5,9 @@ What the operator is told about the broker connection.
 A broker that refuses us is retried forever, so logging every attempt
 floods the log with the same traceback.  L{ConnectionLog} logs one warning
 when the connection's state changes (up to down, or one reason for being
-down to another) and one info line when it comes back.  Each line names
-the broker as C{host:port/vhost}, never the user's password, and says why
-in words an operator can act on.
+down to another, per node of a cluster) and one info line when it comes
+back.  Each line names the node as C{host:port/vhost}, never the user's
+password, and says why in words an operator can act on.
 """
 
 from typing import Any
@@ -96,41 +96,55 @@ class ConnectionLog:
     """
     Logs the connection's changes of state, once each.
 
-    @param where: C{host:port/vhost}.
+    With several nodes each attempt may go to another one, so a reason to
+    be down is remembered per node: a node that keeps refusing is reported
+    once, not once per round.
+
+    @param where: C{host:port/vhost} of the (first) node, for calls that
+        name none.
     """
 
     def __init__(self, where: str, log: Logger | None = None) -> None:
         self._where = where
         self._log = log or Logger()
         self._state: str | None = None
+        self._was_up = False
+        self._reasons: dict[str, str] = {}
 
-    def failed(self, why: str, retry_in: float | None) -> None:
+    def failed(self, why: str, retry_in: float | None, where: str | None = None) -> None:
         """
-        An attempt failed: warn if this is a new reason.
+        An attempt at C{where} failed: warn if this is a new reason there.
         """
-        if self._state == why:
+        where = where or self._where
+        self._state = "down"
+        if self._reasons.get(where) == why:
             return
-        self._state = why
+        self._reasons[where] = why
         retry = "" if retry_in is None else f"; retrying with backoff, next in {retry_in:.1f} s"
-        self._log.warn(
-            "Cannot connect to RabbitMQ at {where}: {why}{retry}", where=self._where, why=why, retry=retry
-        )
+        self._log.warn("Cannot connect to RabbitMQ at {where}: {why}{retry}", where=where, why=why, retry=retry)
 
-    def connected(self) -> None:
+    def connected(self, where: str | None = None) -> None:
         """
-        Logged in: say so once.
+        Logged in at C{where}: say so once, as a reconnection if the
+        connection had been up before.
         """
         if self._state == "up":
             return
-        again = self._state is not None
+        again, self._was_up = self._was_up, True
         self._state = "up"
+        self._reasons.clear()
         self._log.info(
-            "{what} RabbitMQ at {where}", what="Reconnected to" if again else "Connected to", where=self._where
+            "{what} RabbitMQ at {where}",
+            what="Reconnected to" if again else "Connected to",
+            where=where or self._where,
         )
 
-    def lost(self, why: str) -> None:
+    def lost(self, why: str, where: str | None = None) -> None:
         """
-        An established connection went away (a stop is not reported here).
+        An established connection to C{where} went away (a stop is not
+        reported here).
         """
         self._state = "lost"
-        self._log.warn("Lost the RabbitMQ connection to {where} ({why}); reconnecting", where=self._where, why=why)
+        self._log.warn(
+            "Lost the RabbitMQ connection to {where} ({why}); reconnecting", where=where or self._where, why=why
+        )

@@ -10,9 +10,15 @@ connection dies meanwhile, the ack is never sent and the broker redelivers:
 duplicates are possible, loss is not.
 
 A consumer declares its queue with the arguments it owns (C{x-max-priority}
-for a priority queue); when the queue exists with others it says so once,
-with how to migrate, and stops (see L{cuckoodist.amqp.topology}).  The
-L{Outbox} never asserts arguments on a queue it publishes to.
+for a priority queue, C{x-queue-type} for a quorum queue); when the queue
+exists with others it says so once, with how to migrate, and stops (see
+L{cuckoodist.amqp.topology}).  The L{Outbox} never asserts arguments on a
+queue it publishes to.
+
+The queue type is the connection's (L{AMQPConnectionService.queue_type}):
+every queue a daemon declares has the same one, so it is set once where
+the daemon's connection is made, and every consumer and producer on that
+connection agrees, whichever stage built it.
 """
 
 import hashlib
@@ -27,7 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from cuckoodist.amqp.protocol import Channel, Closed, describe_close
-from cuckoodist.amqp.topology import QueueArgumentsMismatch, declare_delay, declare_queue, ensure_queue
+from cuckoodist.amqp.topology import CLASSIC, QueueArgumentsMismatch, declare_delay, declare_queue, ensure_queue
 from cuckoodist.attempts import AttemptMemory
 
 __all__ = ["Delivery", "Outbox", "QueueConsumer", "Handler", "Admission"]
@@ -74,11 +80,16 @@ class Outbox:
     @param max_priorities: queue -> the C{max_priority} its consumer has in
         this configuration, used only to create a queue that does not exist
         yet, so that its consumer can declare it later as it wants it.
+    @param queue_type: the type of the queues it creates (C{classic} or
+        C{quorum}), delay queues included.
     """
 
-    def __init__(self, channel: Channel, max_priorities: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, channel: Channel, max_priorities: Mapping[str, int] | None = None, queue_type: str = CLASSIC
+    ) -> None:
         self._channel = channel
         self._max_priorities = dict(max_priorities or {})
+        self._queue_type = queue_type
         self._declared: dict[object, Deferred] = {}
 
     async def publish(self, queue: str, body: bytes, priority: int | None = None) -> None:
@@ -98,12 +109,12 @@ class Outbox:
         C{priority} property, so it counts in C{queue}.
         """
         await self._ensure_queue(queue)
-        exchange = await self._ensure(("delay", delay), lambda: declare_delay(self._channel, delay))
+        exchange = await self._ensure(("delay", delay), lambda: declare_delay(self._channel, delay, self._queue_type))
         await self._channel.publish(queue, body, exchange=exchange, priority=priority)
 
     async def _ensure_queue(self, queue: str) -> None:
         async def ensure() -> None:
-            if await ensure_queue(self._channel.client, queue, self._max_priorities.get(queue, 0)):
+            if await ensure_queue(self._channel.client, queue, self._max_priorities.get(queue, 0), self._queue_type):
                 log.info("Created queue {queue} to publish to it", queue=queue)
 
         await self._ensure(("queue", queue), ensure)
@@ -131,7 +142,9 @@ class QueueConsumer(Service):
     seconds to finish (and be acked), then abandons the rest unacked.
 
     @param connection: a L{ClientService} whose C{whenConnected} gives an
-        authenticated L{AMQPClient}.
+        authenticated L{AMQPClient}; its C{queue_type} (C{classic} when it
+        has none) is the type the queue is declared with, and the type of
+        the queues and delay queues the L{Outbox} creates.
     @param handler: called per delivery; returning acks the delivery,
         raising leaves it for redelivery.
     @param max_priority: declare C{queue} as a priority queue
@@ -160,6 +173,7 @@ class QueueConsumer(Service):
         self._queue = queue
         self._max_priority = max_priority
         self._max_priorities = {**(max_priorities or {}), queue: max_priority}
+        self._queue_type = getattr(connection, "queue_type", CLASSIC)
         self.refused: QueueArgumentsMismatch | None = None
         self._prefetch = prefetch
         self._handler = handler
@@ -220,7 +234,7 @@ class QueueConsumer(Service):
     async def _serve(self, client: object) -> None:
         channel = await client.open_channel()
         await channel.enable_confirms()
-        await declare_queue(channel, self._queue, self._max_priority)
+        await declare_queue(channel, self._queue, self._max_priority, self._queue_type)
         await channel.basic_qos(prefetch_count=self._prefetch)
         tag = f"cuckoodist.{self._queue}.{next(_consumer_numbers)}"
         channel.track_consumer(tag)
@@ -232,7 +246,7 @@ class QueueConsumer(Service):
         self._converge()  # catch up with a pause() or resume() made meanwhile
         self.consuming = True
         log.info("Consuming {queue} (prefetch {n})", queue=self._queue, n=self._prefetch)
-        outbox = Outbox(channel, self._max_priorities)
+        outbox = Outbox(channel, self._max_priorities, self._queue_type)
         while True:
             message = await deliveries.get()
             delivery = Delivery(

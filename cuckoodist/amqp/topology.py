@@ -25,6 +25,21 @@ channel) to declare an existing queue with other arguments, so:
     publishes to the queue as it is; only a queue that does not exist yet
     is created, with the arguments the producer's configuration gives its
     consumer (none if this configuration does not consume it).
+
+Every queue of a daemon has one type, its top-level C{queue_type}:
+C{classic} (the default: the Go workers declare classic queues without
+arguments, and a declare with other arguments is refused) or C{quorum},
+replicated over a cluster's nodes so that losing one node loses no queue.
+Quorum queues are durable and never exclusive or auto-deleted, which is
+how every queue here is declared anyway; RabbitMQ 3.10 gives them no
+priorities, so configuration refuses C{max_priority} with them.  A quorum
+delay queue dead-letters I{at-least-once} (C{x-dead-letter-strategy},
+which needs C{x-overflow: reject-publish}): the message leaves it only once
+the destination queue has confirmed it, so a node crash at that instant
+cannot lose it.  Its exchange and queue are named apart from the classic
+ones (L{delay_name}), so that daemons of both types can share a broker
+while a fleet migrates: a queue's type cannot change, and two queues bound
+to one fanout exchange would each get every delayed message.
 """
 
 from typing import Any, Mapping
@@ -34,14 +49,24 @@ from cuckoodist.amqp.protocol import Channel, ChannelClosed, describe_close
 from cuckoodist.errors import PermanentError
 
 __all__ = [
+    "CLASSIC",
+    "QUORUM",
+    "QUEUE_TYPES",
     "InvalidQueueName",
     "QueueArgumentsMismatch",
     "queue_arguments",
     "declare_queue",
     "ensure_queue",
     "declare_delay",
+    "delay_arguments",
     "delay_name",
 ]
+
+
+CLASSIC = "classic"
+QUORUM = "quorum"
+#: The values of the C{queue_type} key.
+QUEUE_TYPES = (CLASSIC, QUORUM)
 
 
 class InvalidQueueName(PermanentError, ValueError):
@@ -72,21 +97,64 @@ class QueueArgumentsMismatch(Exception):
     def __str__(self) -> str:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(self.wanted.items()))
         wanted = f"with {wanted}" if wanted else "without arguments (no priorities)"
+        if "x-queue-type" in self.broker_says:
+            # The queue is of the other type (classic or quorum).
+            fix = (
+                "RabbitMQ cannot change a queue's type: set queue_type to the type the queue has, or "
+                "migrate it: stop its producers and consumers (Go workers included), let it drain, delete it "
+                "(rabbitmqctl delete_queue NAME) and restart this daemon to declare it anew, or consume a "
+                "new queue name and move the old messages there with a shovel"
+            )
+        else:
+            fix = (
+                "RabbitMQ cannot change an existing queue: set max_priority to what the queue has, or stop "
+                "its producers, let it drain, delete it and restart this daemon to declare it anew, or consume "
+                "a new queue name and move the old messages there with a shovel"
+            )
         return (
             f"queue {self.queue!r} was declared here {wanted}, but it exists with other arguments; "
-            f"the broker says: {self.broker_says}.  RabbitMQ cannot change an existing queue: "
-            "set max_priority to what the queue has, or stop its producers, let it drain, delete it "
-            "and restart this daemon to declare it anew, or consume a new queue name and move the old "
-            "messages there with a shovel"
+            f"the broker says: {self.broker_says}.  {fix}"
         )
 
 
-def queue_arguments(max_priority: int = 0) -> dict[str, Any]:
+def queue_arguments(max_priority: int = 0, queue_type: str = CLASSIC) -> dict[str, Any]:
     """
     The arguments a work queue is declared with: C{x-max-priority} for a
-    priority queue, none otherwise (as the Go workers declare it).
+    priority queue, C{x-queue-type} for a quorum queue, none otherwise (as
+    the Go workers declare it).
+
+    @raise ValueError: C{queue_type} is unknown, or a quorum queue is
+        asked for priorities (configuration refuses both first).
     """
-    return {"x-max-priority": max_priority} if max_priority else {}
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"unknown queue type {queue_type!r}")
+    arguments: dict[str, Any] = {}
+    if queue_type == QUORUM:
+        if max_priority:
+            raise ValueError("RabbitMQ quorum queues have no priorities (x-max-priority)")
+        arguments["x-queue-type"] = QUORUM
+    elif max_priority:
+        arguments["x-max-priority"] = max_priority
+    return arguments
+
+
+def delay_arguments(delay: float, queue_type: str = CLASSIC) -> dict[str, Any]:
+    """
+    The arguments of the queue holding messages for C{delay} seconds: its
+    TTL and the default exchange to dead-letter to; a quorum one also
+    dead-letters at-least-once, which RabbitMQ only does when the queue
+    refuses publishes past its limits instead of dropping its head.
+    """
+    arguments: dict[str, Any] = {"x-message-ttl": _milliseconds(delay), "x-dead-letter-exchange": ""}
+    if queue_type == QUORUM:
+        arguments.update({
+            "x-queue-type": QUORUM,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        })
+    elif queue_type != CLASSIC:
+        raise ValueError(f"unknown queue type {queue_type!r}")
+    return arguments
 
 
 def _check_name(name: str) -> None:
@@ -106,10 +174,10 @@ def _reply_code(error: Exception) -> int | None:
     return None
 
 
-async def declare_queue(channel: Channel, name: str, max_priority: int = 0) -> None:
+async def declare_queue(channel: Channel, name: str, max_priority: int = 0, queue_type: str = CLASSIC) -> None:
     """
-    Declare a durable work queue, as its consumer: with C{x-max-priority}
-    when C{max_priority} is set, else with no arguments, like the Go
+    Declare a durable work queue, as its consumer, with the arguments of
+    L{queue_arguments}: none for a plain classic queue, like the Go
     workers.  Idempotent while the arguments match.
 
     @raise InvalidQueueName: before anything is sent, for a name that
@@ -118,7 +186,7 @@ async def declare_queue(channel: Channel, name: str, max_priority: int = 0) -> N
         C{channel} is closed.
     """
     _check_name(name)
-    arguments = queue_arguments(max_priority)
+    arguments = queue_arguments(max_priority, queue_type)
     try:
         await channel.queue_declare(queue=name, durable=True, arguments=arguments)
     except ChannelClosed as e:
@@ -127,7 +195,7 @@ async def declare_queue(channel: Channel, name: str, max_priority: int = 0) -> N
         raise
 
 
-async def ensure_queue(client: Any, name: str, max_priority: int = 0) -> bool:
+async def ensure_queue(client: Any, name: str, max_priority: int = 0, queue_type: str = CLASSIC) -> bool:
     """
     Make sure a queue exists before publishing to it, as a producer: a
     queue that exists is left as its consumer declared it, whatever its
@@ -137,7 +205,7 @@ async def ensure_queue(client: Any, name: str, max_priority: int = 0) -> bool:
 
     @param client: an L{AMQPClient}.
     @param max_priority: what this configuration says the queue's consumer
-        declares, used only to create it.
+        declares, used only to create it; C{queue_type} likewise.
     @return: whether this call created the queue.
     @raise InvalidQueueName: as L{declare_queue}.
     """
@@ -145,7 +213,7 @@ async def ensure_queue(client: Any, name: str, max_priority: int = 0) -> bool:
     if await _on_own_channel(client, lambda channel: channel.queue_declare(queue=name, durable=True, passive=True)):
         return False
     try:
-        if await _on_own_channel(client, lambda channel: declare_queue(channel, name, max_priority)):
+        if await _on_own_channel(client, lambda channel: declare_queue(channel, name, max_priority, queue_type)):
             return True
     except QueueArgumentsMismatch:
         pass  # its consumer declared it meanwhile, with its own arguments
@@ -171,29 +239,30 @@ async def _on_own_channel(client: Any, declare: Any) -> bool:
     return True
 
 
-def delay_name(delay: float) -> str:
-    """
-    The exchange and queue name for one delay length.
-    """
-    return f"cuckoodist.delay.{max(1, round(delay * 1000))}ms"
+def _milliseconds(delay: float) -> int:
+    return max(1, round(delay * 1000))
 
 
-async def declare_delay(channel: Channel, delay: float) -> str:
+def delay_name(delay: float, queue_type: str = CLASSIC) -> str:
+    """
+    The exchange and queue name for one delay length:
+    C{cuckoodist.delay.<N>ms} for classic queues (as before quorum queues
+    existed), C{cuckoodist.delay.quorum.<N>ms} for quorum ones.
+    """
+    kind = "" if queue_type == CLASSIC else f"{queue_type}."
+    return f"cuckoodist.delay.{kind}{_milliseconds(delay)}ms"
+
+
+async def declare_delay(channel: Channel, delay: float, queue_type: str = CLASSIC) -> str:
     """
     Declare the exchange and queue that hold messages for C{delay} seconds
-    and then dead-letter them to the queue named by their routing key.
+    and then dead-letter them to the queue named by their routing key
+    (L{delay_arguments}).
 
     @return: the exchange to publish delayed messages to.
     """
-    name = delay_name(delay)
+    name = delay_name(delay, queue_type)
     await channel.exchange_declare(exchange=name, type="fanout", durable=True)
-    await channel.queue_declare(
-        queue=name,
-        durable=True,
-        arguments={
-            "x-message-ttl": max(1, round(delay * 1000)),
-            "x-dead-letter-exchange": "",
-        },
-    )
+    await channel.queue_declare(queue=name, durable=True, arguments=delay_arguments(delay, queue_type))
     await channel.queue_bind(queue=name, exchange=name, routing_key="")
     return name

@@ -20,7 +20,7 @@ from cuckoodist.simulators.cuckoo import CuckooSimulator
 from cuckoodist.simulators.reports import FORMATS
 from cuckoodist.simulators.server import SimulatorServer
 
-__all__ = ["SimulateOptions", "SimulatorStartError", "start_simulators", "run"]
+__all__ = ["FileReportCuckoo", "SimulateOptions", "SimulatorStartError", "start_simulators", "run"]
 
 #: Read when C{--crits-api-key} is not given, so the key need not appear in
 #: the process list.
@@ -66,6 +66,9 @@ class SimulateOptions(usage.Options):
         ["crits-user", None, "analyst", "CRITs user name."],
         ["crits-api-key", None, None, "CRITs API key of that user."],
         ["fail-rate", None, 0.0, "Share (0..1) of API requests answered 500.", float],
+        ["report-file", None, None,
+         "Serve this report.json (a real Cuckoo report) for every task instead of a generated "
+         "one; --report-format must be its flavour."],
         ["seed", None, 0, "Seed of failure injection and report contents.", int],
     ]
 
@@ -85,6 +88,8 @@ class SimulateOptions(usage.Options):
             raise usage.UsageError("--machines must be at least 1")
         if not self["crits-user"]:
             raise usage.UsageError("--crits-user must not be empty")
+        if self["report-file"] is not None and not os.path.isfile(self["report-file"]):
+            raise usage.UsageError(f"--report-file: no such file: {self['report-file']}")
         if self["crits-api-key"] is None:
             self["crits-api-key"] = os.environ.get(CRITS_KEY_ENVIRONMENT) or DEFAULT_API_KEY
         if not self["crits-api-key"]:
@@ -93,6 +98,24 @@ class SimulateOptions(usage.Options):
     def __repr__(self) -> str:
         # Options is a dict holding the token and key: never show them.
         return "<SimulateOptions>"
+
+
+class FileReportCuckoo(CuckooSimulator):
+    """
+    A Cuckoo simulator that serves one recorded C{report.json} for every
+    task, so a real report (such as C{tests/data/report-2.0.7-benign.json})
+    can go through the whole pipeline; the generator only writes synthetic
+    ones.  Its C{info.id} and target are the recorded ones, which the
+    daemon does not check against the task.
+    """
+
+    def __init__(self, clock: Any, report_path: str, **options: Any) -> None:
+        super().__init__(clock, **options)
+        with open(report_path, "rb") as fp:
+            self._report = fp.read()
+
+    def report_bytes(self, task: Any) -> bytes:
+        return self._report
 
 
 class SimulatorStartError(Exception):
@@ -112,10 +135,14 @@ def start_simulators(reactor: Any, options: SimulateOptions,
     @raise SimulatorStartError: a port could not be bound; nothing is left
         listening.
     """
-    cuckoo = CuckooSimulator(
-        reactor, report_format=options["report-format"], token=options["cuckoo-token"],
+    settings = dict(
+        report_format=options["report-format"], token=options["cuckoo-token"],
         analysis_seconds=options["analysis-seconds"], fail_rate=options["fail-rate"],
         seed=options["seed"], machines=options["machines"])
+    if options["report-file"] is not None:
+        cuckoo: CuckooSimulator = FileReportCuckoo(reactor, options["report-file"], **settings)
+    else:
+        cuckoo = CuckooSimulator(reactor, **settings)
     crits = CritsSimulator(
         reactor, users={options["crits-user"]: options["crits-api-key"]},
         fail_rate=options["fail-rate"], seed=options["seed"])

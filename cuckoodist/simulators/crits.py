@@ -248,6 +248,10 @@ class CritsSimulator:
         self.faults = FaultInjector(fail_rate=fail_rate, slow_body_seconds=slow_body_seconds,
                                     seed=seed)
         self.requests = RequestCounter()
+        #: What the requests did, beyond their route: a services POST can
+        #: add results, a log line and finish at once, and an upload can
+        #: relate its sample, so the route alone does not tell.
+        self.actions = RequestCounter()
         self._analyses: dict[str, _Analysis] = {}
         self._samples: dict[str, _Sample] = {}
         self._objects: set[tuple[str, str]] = set()
@@ -356,7 +360,9 @@ class CritsSimulator:
 
     def state(self) -> dict[str, Any]:
         """
-        C{/_sim/state}: analyses, samples, relationships, request counts.
+        C{/_sim/state}: analyses, samples, relationships, request counts per
+        route and per action (C{results}, C{log}, C{log only}, C{finish},
+        C{upload}, C{upload related}, C{forge_relationship}).
         """
         return {
             "analyses": {k: a.to_dict() for k, a in self._analyses.items()},
@@ -365,6 +371,7 @@ class CritsSimulator:
                 {"left_type": lt, "left_id": li, "right_type": rt, "right_id": ri, "rel_type": r}
                 for lt, li, rt, ri, r in self._relationships],
             "requests": dict(self.requests.counts),
+            "actions": dict(self.actions.counts),
             "settings": {"fail_rate": self.faults.fail_rate,
                          "slow_body_seconds": self.faults.slow_body_seconds,
                          "max_body": self.max_body},
@@ -422,6 +429,14 @@ class CritsSimulator:
         self.touch_object(object_type, object_id)
         analysis = self.analysis(analysis_id, object_type, object_id)
         analysis.results.extend(rows)
+        if result:
+            self.actions.hit("results")
+        if log_message:
+            self.actions.hit("log")
+            if not result and not finish:
+                self.actions.hit("log only")
+        if finish:
+            self.actions.hit("finish")
         if log_message:
             analysis.log.append({"message": _bson_safe(log_message),
                                  "level": _bson_safe(log_level),
@@ -578,6 +593,7 @@ class CritsSimulator:
             sample.sources.append(str(source))
         success = True
         related: tuple[str, str] | None = None
+        self.actions.hit("upload related" if related_md5 or related_id else "upload")
         if related_md5:
             found = self.find_by_md5(str(related_md5))
             if found is None:
@@ -594,7 +610,9 @@ class CritsSimulator:
                 message += f" Related {related_id} not found. Sample not uploaded."
                 success = False
         if related is not None and related != ("Sample", sample.id):
-            self.relate("Sample", sample.id, related[0], related[1], "Related To")
+            # handle_file: "Contained Within" an Email, "Related To" the rest.
+            kind = "Contained Within" if related[0] == "Email" else "Related To"
+            self.relate("Sample", sample.id, related[0], related[1], kind)
         return {"return_code": 0 if success else 1, "type": "Sample", "message": message,
                 "id": sample.id, "url": f"/api/v1/samples/{sample.id}/"}
 
@@ -622,6 +640,7 @@ class CritsSimulator:
             return answer(1, "Cannot forge relationship to oneself")
         if not isinstance(rel_type, str) or rel_type not in RELATIONSHIP_TYPES:
             return answer(1, "Could not find relationship type")
+        self.actions.hit("forge_relationship")
         if not self.relate("Sample", sample_id, right_type, right_id, rel_type):
             return answer(1, "Relationship already exists")
         return answer(0, "success!")

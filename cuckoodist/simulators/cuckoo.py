@@ -26,8 +26,10 @@ tests and demos, never for production clients:
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import hashlib
+import heapq
 import hmac
 import io
 import json
@@ -36,6 +38,7 @@ import tarfile
 import time
 import zlib
 from email.utils import formatdate
+from itertools import chain, islice
 from typing import Any, Callable
 
 import attrs
@@ -267,6 +270,24 @@ class CuckooSimulator:
         self._tasks: dict[int, _Task] = {}
         self._samples: dict[str, _Sample] = {}
         self._cursor = clock.seconds()
+        # The scheduler's indexes, all over live (not deleted) tasks unless
+        # said otherwise; see catch_up.
+        #: live tasks by status
+        self._counts: dict[str, int] = {}
+        #: how many tasks are live
+        self._live = 0
+        #: (-priority, id) of pending tasks; deleted ones are skipped when met
+        self._pending: list[tuple[int, int]] = []
+        #: (next_transition, id) of running and completed tasks, one entry
+        #: each; deleted ones are skipped when met
+        self._due: list[tuple[float, int]] = []
+        #: every free machine number in 1.._pool (a heap: lowest first)
+        self._free: list[int] = []
+        self._pool = 0
+        #: live tasks without completed_on (pending, running), by id
+        self._unfinished: dict[int, _Task] = {}
+        #: (completed_on, id) of live tasks that have one, sorted
+        self._finished: list[tuple[float, int]] = []
         self.resource: IResource = _CuckooResource(self)
 
     def __repr__(self) -> str:
@@ -349,56 +370,82 @@ class CuckooSimulator:
         """
         return self.report_format == "1.2"
 
-    def _live_tasks(self) -> list[_Task]:
-        return [t for t in self._tasks.values() if not t.deleted]
+    def _set_status(self, task: _Task, status: str) -> None:
+        counts = self._counts
+        counts[task.status] -= 1
+        counts[status] = counts.get(status, 0) + 1
+        task.status = status
 
     def _start_pending(self, at: float) -> None:
         """
         Give free machines to pending tasks, highest priority then oldest
-        first, as Cuckoo's scheduler does.
+        first, as Cuckoo's scheduler does; each gets the lowest numbered
+        free machine (of C{1..machines}: a machine above a lowered count
+        stays busy until its task completes, but is not given again).
         """
-        live = self._live_tasks()
-        busy = {t.guest for t in live if t.status == "running"}
-        pending = sorted((t for t in live if t.status == "pending"),
-                         key=lambda t: (-t.fields["priority"], t.id))
-        for task in pending:
-            if len(busy) >= self.machines:
-                return
-            guest = next(f"cuckoo{i}" for i in range(1, self.machines + 1)
-                         if f"cuckoo{i}" not in busy)
-            busy.add(guest)
-            task.status = "running"
-            task.guest = guest
+        pending, free = self._pending, self._free
+        while pending and self._counts.get("running", 0) < self.machines:
+            task = self._tasks[heapq.heappop(pending)[1]]
+            if task.deleted:
+                continue
+            if self._pool < self.machines:
+                # New numbers are all above the heap's: appended in order,
+                # they keep it a heap.
+                free.extend(range(self._pool + 1, self.machines + 1))
+                self._pool = self.machines
+            # Fewer tasks run than machines, so a number <= machines is
+            # free, and the lowest free number is one of them.
+            number = heapq.heappop(free)
+            self._set_status(task, "running")
+            task.guest = f"cuckoo{number}"
             task.started_on = at
             task.run_until = at + self.analysis_seconds * _RUNNING_SHARE
             task.report_at = at + self.analysis_seconds
+            heapq.heappush(self._due, (task.run_until, task.id))
 
     def _advance(self, task: _Task, at: float) -> None:
         if task.status == "running":
             task.completed_on = at
             task.guest_stopped = at
-            task.status = "failed_analysis" if task.fails else "completed"
+            assert task.guest is not None
+            heapq.heappush(self._free, int(task.guest[len("cuckoo"):]))
+            self._set_status(task, "failed_analysis" if task.fails else "completed")
+            del self._unfinished[task.id]
+            bisect.insort(self._finished, (at, task.id))
+            if task.status == "completed":
+                assert task.report_at is not None
+                heapq.heappush(self._due, (task.report_at, task.id))
         elif task.status == "completed":
-            task.status = "reported"
+            self._set_status(task, "reported")
 
     def catch_up(self) -> None:
         """
         Replay every status change due up to the clock's present, in time
         order, so that machines freed in the past were reused in the past.
+
+        Each round starts what free machines allow at the cursor, then
+        moves the cursor to the earliest transition due and advances every
+        task due by then one step (a task whose next step is also due
+        takes it in the next round, after the starts).  The heaps make
+        this O(log n) per transition, and a request with nothing due costs
+        a look at their tops.
         """
         now = self._clock.seconds()
         cursor = self._cursor
+        due, tasks = self._due, self._tasks
         while True:
             self._start_pending(cursor)
-            due = [t.next_transition for t in self._live_tasks()
-                   if t.next_transition is not None]
-            upcoming = min(due, default=None)
-            if upcoming is None or upcoming > now:
+            while due and tasks[due[0][1]].deleted:
+                heapq.heappop(due)
+            if not due or due[0][0] > now:
                 break
-            cursor = max(cursor, upcoming)
-            for task in sorted(self._live_tasks(), key=lambda t: t.id):
-                moment = task.next_transition
-                if moment is not None and moment <= cursor:
+            cursor = max(cursor, due[0][0])
+            batch = []
+            while due and due[0][0] <= cursor:
+                batch.append(heapq.heappop(due)[1])
+            for task_id in sorted(batch):
+                task = tasks[task_id]
+                if not task.deleted:
                     self._advance(task, cursor)
         self._cursor = max(cursor, now)
 
@@ -476,10 +523,14 @@ class CuckooSimulator:
         }
         sample = self._store_sample(content)
         task_id = len(self._tasks) + 1
-        self._tasks[task_id] = _Task(
+        task = self._tasks[task_id] = _Task(
             id=task_id, sample=sample, filename=_basename(filename), fields=fields,
             options=_parse_options(options_text), added_on=now, clock=clock,
             fails=self.fail_analysis_marker in content)
+        self._live += 1
+        self._counts[task.status] = self._counts.get(task.status, 0) + 1
+        self._unfinished[task_id] = task
+        heapq.heappush(self._pending, (-priority, task_id))
         self._start_pending(now)
         return task_id
 
@@ -551,24 +602,31 @@ class CuckooSimulator:
 
         @raise _HTTPError: a non-integer C{completed_after} (500).
         """
-        tasks = self._live_tasks()
         status = args.get("status", [None])[0]
         owner = args.get("owner", [None])[0]
         after = args.get("completed_after", [None])[0]
-        if status:
-            tasks = [t for t in tasks if t.status == status]
-        if owner and not self.legacy:
-            tasks = [t for t in tasks if t.fields["owner"] == owner]
+        tasks, finished = self._tasks, self._finished
+        # The live tasks in that order are the unfinished ones by id, then
+        # the finished ones, which _finished keeps sorted.
+        first = 0
         if after:
-            try:
-                after_epoch = int(after)
-            except ValueError:
-                raise _HTTPError(500)
-            tasks = [t for t in tasks if t.completed_on is not None and t.completed_on > after_epoch]
-        tasks.sort(key=lambda t: (t.completed_on is not None, t.completed_on or 0, t.id))
+            after_epoch = _completed_after(after)
+            # Only finished tasks pass, those with completed_on > after.
+            first = bisect.bisect_right(finished, (after_epoch, float("inf")))
+        done = (tasks[finished[i][1]] for i in range(first, len(finished)))
+        if after or status in ("completed", "reported", "failed_analysis"):
+            ordered: Any = done
+        elif status in ("pending", "running"):
+            ordered = iter(self._unfinished.values())
+        else:
+            ordered = chain(self._unfinished.values(), done)
+        if status:
+            ordered = (t for t in ordered if t.status == status)
+        if owner and not self.legacy:
+            ordered = (t for t in ordered if t.fields["owner"] == owner)
         start = offset or 0
         end = None if limit is None else start + limit
-        return [self.task_dict(t, rfc1123=False) for t in tasks[start:end]]
+        return [self.task_dict(t, rfc1123=False) for t in islice(ordered, start, end)]
 
     def delete_task(self, task_id: int) -> None:
         """
@@ -583,20 +641,26 @@ class CuckooSimulator:
         if task.status == "running":
             raise _HTTPError(500, "The task is currently being processed, cannot delete")
         task.deleted = True
+        self._live -= 1
+        self._counts[task.status] -= 1
+        if task.completed_on is None:
+            del self._unfinished[task.id]
+        else:
+            del self._finished[bisect.bisect_left(self._finished, (task.completed_on, task.id))]
+        # Its entries in _pending or _due go when they come up.
 
     def status(self) -> dict[str, Any]:
         """
         C{/cuckoo/status} in the active flavour, with real counts
         (C{docs/peers.md#cuckoo-status}).
         """
-        live = self._live_tasks()
-        counts = {s: sum(1 for t in live if t.status == s) for s in _TASK_STATUSES}
+        counts = {s: self._counts.get(s, 0) for s in _TASK_STATUSES}
         running = counts["running"]
         body: dict[str, Any] = {
             "version": self.version_12 if self.legacy else self.version_20,
             "hostname": self.hostname,
             "machines": {"total": self.machines, "available": max(self.machines - running, 0)},
-            "tasks": {"total": len(live), **counts},
+            "tasks": {"total": self._live, **counts},
         }
         if not self.legacy:
             used = self.total_space - self.free_space
@@ -685,6 +749,31 @@ class CuckooSimulator:
                              "machines": self.machines, "free_space": self.free_space,
                              "fail_rate": self.faults.fail_rate,
                              "slow_body_seconds": self.faults.slow_body_seconds}}
+
+
+#: What Python 2's C{int()} accepts from a string: blanks, a sign, digits.
+_PY2_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+#: The unix seconds C{datetime.fromtimestamp} can turn into a date
+#: (years 1 to 9999); past them it raises, and Cuckoo answers 500.
+_DATETIME_SECONDS = (-62135596800, 253402300799)
+
+
+def _completed_after(text: str) -> int:
+    """
+    C{completed_after} as Cuckoo reads it, C{datetime.fromtimestamp(int(
+    text))} under Python 2: Python 3's C{int()} also takes C{"1_000"},
+    which Cuckoo refuses, and a time outside the years a C{datetime} holds
+    is an unhandled error there too.  The simulator's local time is UTC.
+
+    @raise _HTTPError: 500 where Cuckoo's unhandled exception gives one.
+    """
+    if not _PY2_INT.fullmatch(text):
+        raise _HTTPError(500)
+    seconds = int(text)
+    if not _DATETIME_SECONDS[0] <= seconds <= _DATETIME_SECONDS[1]:
+        raise _HTTPError(500)
+    return seconds
 
 
 def _add_dir(tar: tarfile.TarFile, name: str, mtime: float) -> None:

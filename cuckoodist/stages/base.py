@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stage_base,tests.test_stages -*-
+# -*- test-case-name: tests.test_stage_base,tests.test_stages,tests.test_cuckoo_limit -*-
 """
 What every stage shares: consuming its queue, resolving peers from the
 configuration, and turning failures into messages for the overseer.
@@ -29,14 +29,14 @@ from typing import Any, Awaitable, BinaryIO, Callable, Mapping
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed, PublishNacked
-from cuckoodist.config import Config
+from cuckoodist.config import Config, CuckooConfig
 from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
@@ -61,6 +61,10 @@ class StageContext:
         that drops events below C{log_level}.
     @ivar stage_types: every stage class by type (L{cuckoodist.registry}),
         for a stage that must know the others' defaults.
+    @ivar shared: per-daemon state that stages share per peer, by key: the
+        request caps of L{cuckoo_limiter}, check_results' task boards.  It
+        lives here, not in module globals, so that two daemons (or two
+        tests) in one process never share a cap or a board.
     """
 
     reactor: Any
@@ -69,6 +73,26 @@ class StageContext:
     config: Config
     log_observer: Any = None
     stage_types: Mapping[str, type] = attrs.field(factory=dict)
+    shared: dict = attrs.field(factory=dict, eq=False, repr=False)
+
+    def share(self, key: Any, make: Callable[[], Any]) -> Any:
+        """
+        The one object this daemon keeps under C{key}, made by C{make} the
+        first time it is asked for.
+        """
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
+
+    def cuckoo_limiter(self, cuckoo: CuckooConfig) -> DeferredSemaphore:
+        """
+        The cap on requests in flight to one configured Cuckoo node,
+        C{max_requests} of its entry, shared by every stage of this daemon:
+        feed uploads, capacity probes, polls, downloads and deletes all
+        draw on the same node's API process, so only a cap they share
+        protects it.
+        """
+        return self.share(("cuckoo-limit", cuckoo.name), lambda: DeferredSemaphore(cuckoo.max_requests))
 
 
 class Stage(MultiService):
@@ -218,7 +242,13 @@ class Stage(MultiService):
                 f"CuckooURL {_clip(url, 200)!r} is not a Cuckoo in this configuration; "
                 "list it under 'cuckoo' to accept tasks from it"
             )
-        return CuckooClient(self.context.http, configured.url, configured.token, configured.verify_ssl)
+        return CuckooClient(
+            self.context.http,
+            configured.url,
+            configured.token,
+            configured.verify_ssl,
+            limiter=self.context.cuckoo_limiter(configured),
+        )
 
     def crits_client(self, crits: CritsData, max_body: int = 2_500_000) -> CritsClient:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_capacity -*-
+# -*- test-case-name: tests.test_capacity,tests.test_feed_capacity,tests.test_request_budget -*-
 """
 Deciding whether one Cuckoo has room for an upload, without holding
 deliveries and without asking Cuckoo more than once per interval.
@@ -12,16 +12,23 @@ from a C{/cuckoo/status} answer at most C{interval} seconds old that it
 counts down locally as it admits uploads, and the caller gives refused
 requests back to the queue.  L{CapacityGate.when_room} then tells the
 caller when a probe, one per C{interval}, finds room again.
+
+Admissions and the probe loop share one cached answer, so a Cuckoo is
+probed at most once per C{interval} by a gate however many uploads,
+refusals and pause/resume cycles there are (measured end to end in
+C{tests.test_request_budget}): uploads closer together than C{interval}
+share a probe, and only uploads further apart each need one.
 """
 
 from typing import Any, Mapping
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError
+from cuckoodist.handoff import HandoffLock
 
 __all__ = ["CapacityGate", "free_space", "room_in"]
 
@@ -89,7 +96,7 @@ class CapacityGate:
         self._room = 0
         self._fresh_until = float("-inf")
         # One probe at a time: callers queued behind it find a fresh answer.
-        self._probing = DeferredLock()
+        self._probing = HandoffLock()
         self._watchers: list[Deferred] = []
         self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._watch()))
         self._loop.clock = clock
@@ -132,10 +139,15 @@ class CapacityGate:
         Ask Cuckoo unless the last answer is still fresh.  Callers hold
         C{_probing}.
         """
-        if self._clock.seconds() < self._fresh_until:
+        asked = self._clock.seconds()
+        if asked < self._fresh_until:
             return
+        # Fresh from when the probe was sent, whatever comes of it: probes
+        # start at least an interval apart, and a slow answer does not make
+        # the probe loop, ticking once per interval, skip a tick.
+        self._fresh_until = asked + self._interval
+        self._room = 0
         self._room = await self._ask()
-        self._fresh_until = self._clock.seconds() + self._interval
 
     async def _ask(self) -> int:
         try:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_feed_capacity,tests.test_feed_upload -*-
+# -*- test-case-name: tests.test_stage_feed_cuckoo,tests.test_feed_capacity,tests.test_feed_upload,tests.test_request_budget -*-
 """
 feed_cuckoo: upload a sample to one Cuckoo and hand the task on.
 
@@ -8,7 +8,9 @@ Cuckoo is full: its consumer asks the L{CapacityGate} before each delivery,
 and when there is no room it hands the delivery back and stops consuming,
 so the broker gives the queue to the instances whose Cuckoo has room (and
 no delivery outlives the broker's C{consumer_timeout}).  It consumes again
-once a status probe finds room.
+once a status probe finds room.  Admissions and the probe loop share the
+gate's one status answer, so Cuckoo is asked at most once per
+C{status_interval}, not once per upload.
 
 An upload is made at most once per delivery: it is repeated here only when
 it provably never reached Cuckoo.
@@ -147,12 +149,17 @@ class FeedCuckoo(Stage):
             url=self.cuckoo.url,
             analysis=request.crits.analysis_id,
         )
+        submitted_at = self.clock.seconds()
+        # check_results asks Cuckoo first when the analysis should be over;
+        # without a timeout here it counts Cuckoo's default.
+        timeout = self.cuckoo.timeout_of(request.payload)
         task = TaskMessage(
             task_id=task_id,
             cuckoo_url=self.cuckoo.url,
             crits=request.crits,
-            submitted_at=self.clock.seconds(),
+            submitted_at=submitted_at,
             priority=request.priority,
+            expected_end=submitted_at + timeout if timeout is not None else None,
         )
         await outbox.publish(self.stage_config.producer_queue, task.encode(), priority=task.priority)
 

@@ -88,7 +88,9 @@ def priorities() -> Any:
     most 10, each level costs it memory and CPU.  An existing queue keeps
     the arguments it was created with: changing this key means migrating
     the queue (see C{docs/architecture.md}), and Go workers, which declare
-    their queue without arguments, cannot share a priority queue.
+    their queue without arguments, cannot share a priority queue.  Quorum
+    queues have no priorities: with C{queue_type: quorum} the key must stay
+    0 (L{cuckoodist.config.parse_config} refuses anything else).
     """
     return setting(0, integer(0, MAX_PRIORITY))
 

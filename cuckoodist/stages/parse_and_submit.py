@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stage_parse_and_submit -*-
+# -*- test-case-name: tests.test_stage_parse_and_submit,tests.test_request_budget -*-
 """
 parse_and_submit: turn a finished Cuckoo task into CRITs results.
 
@@ -21,11 +21,19 @@ a copy forked by a crash in check_results) find its task gone, and a task
 gone from Cuckoo ends its analysis as an error.  Duplicates come within
 seconds of a crash, so by the time the task is deleted they have been
 served.
+
+Requests are counted (issue #12): the task is not viewed before the work,
+only when its report or dropped archive is missing (L{_confirm_task}); a
+step's notes for the CRITs log ride on its last results request; and a
+dropped file is related to the analysed object by its upload.  In the
+common case a task costs Cuckoo three requests here (report, archive,
+delete) and CRITs one results request per step, one upload per dropped
+file, and the finish.
 """
 
 import tempfile
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, BinaryIO, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -35,8 +43,8 @@ from cuckoodist.amqp.protocol import Closed
 from cuckoodist.archive import ArchiveError, unpacked
 from cuckoodist.amqp.names import queue_name_problem
 from cuckoodist.config import CRITS_BODY_LIMIT
-from cuckoodist.crits import CritsClient
-from cuckoodist.cuckoo import CuckooClient, TaskNotFound
+from cuckoodist.crits import CritsClient, Note
+from cuckoodist.cuckoo import CuckooClient, OutputMissing, TaskNotFound
 from cuckoodist.errors import ConfigError, CuckoodistError, PermanentError
 from cuckoodist.http import BodyTooLarge
 from cuckoodist.messages import TaskMessage
@@ -125,6 +133,18 @@ class TaskGone(PermanentError):
     """
 
 
+@attrs.define
+class _Task:
+    """
+    The Cuckoo task of one delivery, and whether a view confirmed it
+    exists (so that it is viewed at most once per delivery).
+    """
+
+    task_id: int
+    client: CuckooClient
+    confirmed: bool = False
+
+
 class ParseAndSubmit(Stage):
     config_class = ParseAndSubmitConfig
 
@@ -148,11 +168,9 @@ class ParseAndSubmit(Stage):
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
         ids = describe(task.crits, task.task_id)
-        if cfg.cuckoo_cleanup and not cfg.producer_queue:
-            await self._check_task_exists(task, cuckoo, ids)
         progress = dict(task.progress)
         try:
-            await self._submit(task, cuckoo, crits, ids, progress, outbox)
+            await self._submit(task, _Task(task.task_id, cuckoo), crits, ids, progress, outbox)
         except CuckoodistError as e:
             # CRITs cannot replace or deduplicate results: the retry must
             # not post again what was posted before this failure.
@@ -160,7 +178,7 @@ class ParseAndSubmit(Stage):
                 e.resume = attrs.evolve(task, progress=progress).encode()
             raise
 
-    async def _submit(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str, progress: dict[str, int], outbox: Outbox) -> None:
+    async def _submit(self, task: TaskMessage, cuckoo: _Task, crits: CritsClient, ids: str, progress: dict[str, int], outbox: Outbox) -> None:
         """
         Post the results, then pass the task on or finish it, recording in
         C{progress} each step done.
@@ -202,9 +220,29 @@ class ParseAndSubmit(Stage):
             return
         self.log.debug("Deleted Cuckoo task {ids}", ids=ids)
 
-    async def _check_task_exists(self, task: TaskMessage, cuckoo: CuckooClient, ids: str) -> None:
+    async def _fetch(self, spool: BinaryIO, cuckoo: _Task, fetch: Callable[[BinaryIO], Awaitable[None]], what: str, ids: str) -> None:
         """
-        Make sure the task is still in Cuckoo before doing any work for it.
+        L{Stage.download}, confirming the task with L{_confirm_task} the
+        first time its output is missing.
+        """
+
+        async def fetch_or_confirm(to: BinaryIO) -> None:
+            try:
+                await fetch(to)
+            except OutputMissing:
+                await self._confirm_task(cuckoo, ids)
+                raise
+
+        await self.download(spool, fetch_or_confirm, f"{what} {ids}")
+
+    async def _confirm_task(self, cuckoo: _Task, ids: str) -> None:
+        """
+        Tell a task gone from Cuckoo from one whose output is not written
+        yet, once per delivery, when a report or dropped archive is
+        missing: Cuckoo answers those alike (C{docs/peers.md#cuckoo-report},
+        C{#cuckoo-dropped-archive}).  The work does not start with a view,
+        as it used to: a task handed over by check_results is there in the
+        common case, and the view is a request per task.
 
         A task can be gone for two reasons: an operator deleted it, or
         this message is a duplicate (at-least-once delivery: a redelivery
@@ -215,22 +253,27 @@ class ParseAndSubmit(Stage):
         analysis as error with the reason and dumps the message, and the
         analyst sees why instead of an analysis left "started" forever.
         For a duplicate, that marks an analysis whose results are already
-        in CRITs as error, with this reason in its log.
+        in CRITs as error, with this reason in its log.  Nothing is posted
+        first: the report (or, without report parsers, the archive) is the
+        first thing a delivery fetches, and it is missing for a gone task.
 
         @raise TaskGone: the task is not in Cuckoo.
         """
+        if cuckoo.confirmed:
+            return
         try:
-            await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"check {ids}")
+            await retrying(self.clock, lambda: cuckoo.client.view(cuckoo.task_id), f"check {ids}")
         except TaskNotFound:
             raise TaskGone(
-                f"Cuckoo task {task.task_id} no longer exists: it was deleted by hand, or this is a "
+                f"Cuckoo task {cuckoo.task_id} no longer exists: it was deleted by hand, or this is a "
                 "duplicate of a delivery that already finished (see the analysis log)"
             ) from None
+        cuckoo.confirmed = True
 
-    async def _submit_report(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, parsers: frozenset, ids: str, progress: dict[str, int]) -> None:
+    async def _submit_report(self, task: TaskMessage, cuckoo: _Task, crits: CritsClient, parsers: frozenset, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         with tempfile.TemporaryFile(prefix="cuckoodist-report-") as spool:
-            await self.download(spool, lambda to: cuckoo.download_report(task.task_id, to, cfg.max_report_size), f"report {ids}")
+            await self._fetch(spool, cuckoo, lambda to: cuckoo.client.download_report(task.task_id, to, cfg.max_report_size), "report", ids)
             size = spool.tell()
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
@@ -239,7 +282,18 @@ class ParseAndSubmit(Stage):
             # the thread pool's join at shutdown does not wait for a 1 GB parse.
             stop = threading.Event()
             extraction = await self.in_thread(extract_results, spool, options, stop, on_cancel=stop.set)
-        requests = await self._post_rows(crits, extraction.rows, ids, progress, "report_requests")
+        notes: list[Note] = []
+        if "behavior" in parsers and extraction.api_calls_seen > cfg.push_api_calls_max:
+            notes.append(Note(f"Pushed {cfg.push_api_calls_max} of {extraction.api_calls_seen} API calls (push_api_calls_max)."))
+        if extraction.values_truncated or extraction.values_skipped or extraction.rows_dropped:
+            # Counts only: the values themselves are the hostile part.
+            bounded = (f"Report values bounded: {extraction.values_truncated} string(s) cut to "
+                       f"{MAX_STRING} characters, {extraction.values_skipped} value(s) nested deeper "
+                       f"than {MAX_NESTING} levels or too large left out, "
+                       f"{extraction.rows_dropped} row(s) past the row budget left out.")
+            self.log.warn("{note} ({ids})", note=bounded, ids=ids)
+            notes.append(Note(bounded, "warning"))
+        requests = await self._post_rows(crits, extraction.rows, notes, ids, progress, "report_requests")
         self.log.info(
             "Posted {n} results from a {mb:.1f} MB Cuckoo {fmt} report in {r} request(s) ({ids})",
             n=len(extraction.rows),
@@ -248,27 +302,16 @@ class ParseAndSubmit(Stage):
             r=requests,
             ids=ids,
         )
-        if "behavior" in parsers and extraction.api_calls_seen > cfg.push_api_calls_max:
-            note = f"Pushed {cfg.push_api_calls_max} of {extraction.api_calls_seen} API calls (push_api_calls_max)."
-            await retrying(self.clock, lambda: crits.log(note), f"log {ids}")
-        if extraction.values_truncated or extraction.values_skipped or extraction.rows_dropped:
-            # Counts only: the values themselves are the hostile part.
-            bounded = (f"Report values bounded: {extraction.values_truncated} string(s) cut to "
-                       f"{MAX_STRING} characters, {extraction.values_skipped} value(s) nested deeper "
-                       f"than {MAX_NESTING} levels or too large left out, "
-                       f"{extraction.rows_dropped} row(s) past the row budget left out.")
-            self.log.warn("{note} ({ids})", note=bounded, ids=ids)
-            await retrying(self.clock, lambda: crits.log(bounded, "warning"), f"log {ids}")
 
-    async def _submit_dropped(self, task: TaskMessage, cuckoo: CuckooClient, crits: CritsClient, ids: str, progress: dict[str, int]) -> None:
+    async def _submit_dropped(self, task: TaskMessage, cuckoo: _Task, crits: CritsClient, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         source = task.crits.source
         rows: list[ResultRow] = []
-        notes: list[str] = []
+        notes: list[Note] = []
         with tempfile.NamedTemporaryFile(prefix="cuckoodist-dropped-") as spool:
             try:
-                await self.download(
-                    spool, lambda to: cuckoo.download_dropped(task.task_id, to, cfg.max_dropped_bytes), f"dropped files {ids}"
+                await self._fetch(
+                    spool, cuckoo, lambda to: cuckoo.client.download_dropped(task.task_id, to, cfg.max_dropped_bytes), "dropped files", ids
                 )
                 spool.flush()
                 unpacking = unpacked(spool.name, max_files=cfg.max_dropped_files, max_total_bytes=cfg.max_dropped_bytes)
@@ -278,45 +321,57 @@ class ParseAndSubmit(Stage):
                 # files are missing instead of failing the whole analysis.
                 note = f"Dropped files not processed: {e.reason}"
                 self.log.warn("{note} ({ids})", note=note, ids=ids)
-                await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
+                await self._post_rows(crits, [], [Note(note, "warning")], ids, progress, "dropped_requests")
                 return
             try:
                 if files and not source:
                     raise PermanentError("crits_data.source is empty; CRITs needs a source to store dropped files")
+                unstored = 0
                 for dropped in files:
                     try:
-                        sample_id, md5 = await retrying(
+                        upload = await retrying(
                             self.clock,
                             lambda: crits.upload_sample(dropped.name, dropped.path, source),
                             f"upload dropped {dropped.name!r} {ids}",
                         )
-                        await retrying(self.clock, lambda: crits.relate(sample_id), f"relate {dropped.name!r} {ids}")
+                        if not upload.related and upload.not_related is None:
+                            # An object CRITs relates otherwise in an upload.
+                            sample_id = upload.sample_id
+                            await retrying(self.clock, lambda: crits.relate(sample_id), f"relate {dropped.name!r} {ids}")
                     except PermanentError as e:
-                        notes.append(f"Dropped file {dropped.name!r} not stored: {e.reason}")
+                        notes.append(Note(f"Dropped file {dropped.name!r} not stored: {e.reason}", "warning"))
+                        unstored += 1
                         continue
-                    rows.append(ResultRow("file_added", dropped.name, {"md5": md5}))
+                    if upload.not_related is not None:
+                        # Stored all the same; a separate relationship
+                        # request would miss the object too.
+                        notes.append(Note(f"Dropped file {dropped.name!r} stored but not related: {upload.not_related}", "warning"))
+                    rows.append(ResultRow("file_added", dropped.name, {"md5": upload.md5}))
             finally:
                 await self.in_thread(unpacking.__exit__, None, None, None)
-        await self._post_rows(crits, rows, ids, progress, "dropped_requests")
-        for note in notes + [f"Skipped archive entry: {why}" for why in skipped[:20]]:
-            await retrying(self.clock, lambda: crits.log(note, "warning"), f"log {ids}")
-        self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + len(notes), ids=ids)
+        notes += [Note(f"Skipped archive entry: {why}", "warning") for why in skipped[:20]]
+        await self._post_rows(crits, rows, notes, ids, progress, "dropped_requests")
+        self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + unstored, ids=ids)
 
-    async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], ids: str, progress: dict[str, int], step: str) -> int:
+    async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], notes: Sequence[Note], ids: str, progress: dict[str, int], step: str) -> int:
         """
-        Post C{rows} request by request, each retried on its own, skipping
-        the requests an earlier delivery of this message already posted.
+        Post C{rows} and the step's C{notes} request by request, each
+        retried on its own, skipping the requests an earlier delivery of
+        this message already posted.  The notes ride on the last results
+        request, or go alone when there are no rows
+        (L{CritsClient.result_requests}).
 
         Batching is deterministic, so the same report gives the same
-        requests: C{progress[step]} counts those posted, and is carried in
-        the message if a later step fails.  What can still repeat is one
-        request whose answer was lost (a timeout or a 5xx after CRITs
-        stored it), and a delivery whose process died before its ack.
+        requests: C{progress[step]} counts those posted, the one carrying
+        the notes included, and is carried in the message if a later step
+        fails.  What can still repeat is one request whose answer was lost
+        (a timeout or a 5xx after CRITs stored it), and a delivery whose
+        process died before its ack.
 
         @return: the number of requests.
         """
         count = 0
-        for fields in crits.result_requests(rows):
+        for fields in crits.result_requests(rows, notes):
             count += 1
             if count <= progress.get(step, 0):
                 continue
