@@ -192,7 +192,10 @@ def start_daemon(testcase: Any, config: Config) -> list[dict]:
 
     from cuckoodist.tap import build_daemon
 
-    queues = [s.consumer_queue for s in config.stages]
+    # The queues it publishes to as well: with only some stages running, a
+    # producer creates its next queue, which no stage here consumes.
+    named = [(s.consumer_queue, getattr(s, "producer_queue", ""), getattr(s, "failed_queue", "")) for s in config.stages]
+    queues = sorted({q for names in named for q in names if q})
     testcase.addCleanup(lambda: Deferred.fromCoroutine(delete_queues(config.amqp, queues)))
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
