@@ -115,9 +115,15 @@ class Response:
         """
         Decode the body as JSON.
 
-        @raise ValueError: it is not JSON.
+        @raise ValueError: it is not JSON, or nests deeper than the
+            decoder's recursion allows (a hostile peer's C{[[[[...}: a
+            C{RecursionError} would otherwise escape every caller that
+            handles bad JSON, and end the sample as an internal error).
         """
-        return json.loads(self.body)
+        try:
+            return json.loads(self.body)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 @implementer(IPolicyForHTTPS)

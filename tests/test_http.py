@@ -323,7 +323,8 @@ class JSONObjectTests(TestCase):
         from cuckoodist.http import Response
 
         self.assertEqual(Response(200, {}, b'{"a": 1}').json_object("Cuckoo x", "for /y"), {"a": 1})
-        for body, words in ((b"<html>", "sent non-JSON for /y"), (b"[1]", "sent unexpected JSON for /y")):
+        deep = b"[" * 200_000 + b"]" * 200_000
+        for body, words in ((b"<html>", "sent non-JSON for /y"), (b"[1]", "sent unexpected JSON for /y"), (deep, "sent non-JSON for /y")):
             with self.assertRaises(TransientError) as caught:
                 Response(502, {}, body).json_object("Cuckoo x", "for /y")
             self.assertEqual(caught.exception.reason, f"Cuckoo x {words}")
