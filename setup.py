@@ -31,6 +31,7 @@ setup(
         "ijson>=3.2",
         "attrs>=23.1",
         "libarchive-c>=5.1",
+        "prometheus_client>=0.16",
     ],
     entry_points={"console_scripts": ["cuckoodist = cuckoodist.cli:main"]},
     classifiers=[

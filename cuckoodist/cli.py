@@ -60,6 +60,16 @@ _COMMANDS = (
              "Publish demo samples and watch them reach the simulated CRITs."),
     _Command("resubmit", "cuckoodist.commands.resubmit", "ResubmitOptions",
              "Put dumped messages back on their queues."),
+    _Command("submit", "cuckoodist.commands.submit", "SubmitOptions",
+             "Publish analysis requests for sample files, as the CRITs service does."),
+    _Command("status", "cuckoodist.commands.status", "StatusOptions",
+             "Show each stage's queue, the delay queues, the dump directory and the daemon's readiness."),
+    _Command("trace", "cuckoodist.commands.trace", "TraceOptions",
+             "Print every logged event of one analysis, across stages and processes, in time order."),
+    _Command("check-config", "cuckoodist.commands.check_config", "CheckConfigOptions",
+             "Validate a configuration file as the daemon's start-up does."),
+    _Command("migrate-config", "cuckoodist.commands.migrate_config", "MigrateConfigOptions",
+             "Turn the Go workers' JSON configurations into one cuckoodist.yaml."),
 )
 
 

@@ -57,6 +57,8 @@ __all__ = [
     "Config",
     "DEFAULT_AMQP_URL",
     "LOG_LEVELS",
+    "LOG_FORMATS",
+    "MetricsConfig",
     "CRITS_BODY_LIMIT",
     "load_config",
     "parse_amqp_url",
@@ -66,6 +68,8 @@ __all__ = [
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOG_LEVELS = ("debug", "info", "warning")
+#: C{text}: twistd's lines; C{json}: one JSON object a line (L{cuckoodist.logs}).
+LOG_FORMATS = ("text", "json")
 
 #: CRITs (Django C{DATA_UPLOAD_MAX_MEMORY_SIZE}) refuses larger request bodies.
 CRITS_BODY_LIMIT = 2_621_440
@@ -157,6 +161,39 @@ class CuckooConfig:
     max_requests: int = setting(8, integer(1, 1000))
 
 
+def _endpoint_string(value: Any, path: Path) -> str:
+    """
+    A Twisted server endpoint description (C{tcp:9103:interface=127.0.0.1},
+    C{unix:/run/cuckoodist/metrics.sock}), or C{""} for none.  Checked by
+    parsing it the way the listener will, so a typo stops the start here
+    rather than leaving the daemon up without the listener.
+    """
+    value = text()(value, path)
+    if value:
+        from twisted.internet.endpoints import _parseServer
+
+        try:
+            _parseServer(value, None)
+        except Exception as e:
+            raise ConfigError(f"not a Twisted endpoint description such as 'tcp:9103:interface=127.0.0.1': {e}", path) from None
+    return value
+
+
+@attrs.frozen
+class MetricsConfig:
+    """
+    The operations listener: Prometheus C{/metrics}, C{/healthz} and
+    C{/readyz} (and the dashboard), on one Twisted endpoint.
+
+    @ivar listen: a server endpoint description; C{""} turns the listener
+        off.  The default answers on the loopback interface only: the page
+        and the metrics describe the pipeline's work, so exposing them is
+        the operator's choice.
+    """
+
+    listen: str = setting("tcp:9103:interface=127.0.0.1", _endpoint_string)
+
+
 def _url_key(url: str) -> tuple[str, str, int, str] | None:
     """
     Reduce an HTTP URL to what identifies the server and API root.
@@ -197,6 +234,8 @@ class Config:
         own: read from C{amqp}, and just C{(amqp,)} when not given.
     @ivar queue_type: C{classic} or C{quorum}, the type of every queue the
         daemon declares (L{cuckoodist.amqp.topology}).
+    @ivar log_format: C{text} or C{json} (see L{LOG_FORMATS}).
+    @ivar metrics: the operations listener (L{MetricsConfig}).
     @ivar grace_period: seconds a SIGTERM waits for in-flight work.
     @ivar http_timeout: seconds for a whole HTTP call, body included.
     @ivar crits: C{None} when every message must bring its own CRITs.
@@ -213,6 +252,8 @@ class Config:
     queue_type: str = setting(CLASSIC, lambda value, path: _queue_type(value, path))
     log_level: str = setting("info", one_of(LOG_LEVELS))
     log_file: str = setting("", path_text(empty=True))
+    log_format: str = setting("text", one_of(LOG_FORMATS))
+    metrics: MetricsConfig = setting(attrs.Factory(MetricsConfig), lambda value, path: _parse_metrics(value, path))
     grace_period: float = setting(30.0, seconds(zero=True))
     http_timeout: float = setting(120.0, seconds(zero=False))
     crits: CritsConfig | None = setting(None, lambda value, path: _parse_crits(value, path))
@@ -449,6 +490,12 @@ def _parse_crits(value: Any, path: Path) -> CritsConfig | None:
     if value is None:
         return None
     return build(CritsConfig, mapping(value, path), path)
+
+
+def _parse_metrics(value: Any, path: Path) -> MetricsConfig:
+    if value is None:
+        return MetricsConfig()
+    return build(MetricsConfig, mapping(value, path), path)
 
 
 def _parse_cuckoos(value: Any, path: Path) -> dict[str, CuckooConfig]:

@@ -17,6 +17,7 @@ from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.config import Config, load_config
 from cuckoodist.errors import ConfigError
 from cuckoodist.http import HTTPClient
+from cuckoodist.metrics import Metrics
 from cuckoodist.preflight import preflight
 from cuckoodist.registry import STAGES
 from cuckoodist.stages.base import Stage, StageContext
@@ -180,6 +181,7 @@ def build_daemon(config: Config, reactor: Any) -> MultiService:
     broker requeue whatever is still unacked).
     """
     root = _DaemonService()
+    metrics = Metrics()
     if config.log_file:
         _LogFileService(config.log_file, config.log_level).setServiceParent(root)
     connection = AMQPConnectionService(reactor, config.amqp_nodes, queue_type=config.queue_type)
@@ -189,7 +191,13 @@ def build_daemon(config: Config, reactor: Any) -> MultiService:
     _HTTPService(http).setServiceParent(root)
     stage_log = FilteringLogObserver(globalLogPublisher, [level_filter(_level(config.log_level))])
     context = StageContext(
-        reactor=reactor, connection=connection, http=http, config=config, log_observer=stage_log, stage_types=STAGES
+        reactor=reactor,
+        connection=connection,
+        http=http,
+        config=config,
+        log_observer=stage_log,
+        stage_types=STAGES,
+        metrics=metrics,
     )
     for stage_config in config.stages:
         STAGES[stage_config.type](context, stage_config).setServiceParent(root)

@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cuckoodist.activity import Activity
 from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed, PublishNacked
 from cuckoodist.config import Config, CuckooConfig
@@ -41,8 +42,10 @@ from cuckoodist.crits import CritsClient
 from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
 from cuckoodist.http import HTTPClient
+from cuckoodist.metrics import Metrics
 from cuckoodist.messages import CritsData, FailedMessage, peek
 from cuckoodist.retry import retrying
+from cuckoodist.sample_context import Sample, bound, current, identify
 from cuckoodist.stages.keys import max_priorities
 
 __all__ = ["Stage", "StageContext", "describe", "label"]
@@ -61,6 +64,8 @@ class StageContext:
         that drops events below C{log_level}.
     @ivar stage_types: every stage class by type (L{cuckoodist.registry}),
         for a stage that must know the others' defaults.
+    @ivar metrics: the daemon's L{Metrics}, which every stage counts into.
+    @ivar activity: the daemon's deliveries in flight and recent failures.
     @ivar shared: per-daemon state that stages share per peer, by key: the
         request caps of L{cuckoo_limiter}, check_results' task boards.  It
         lives here, not in module globals, so that two daemons (or two
@@ -73,6 +78,10 @@ class StageContext:
     config: Config
     log_observer: Any = None
     stage_types: Mapping[str, type] = attrs.field(factory=dict)
+    metrics: Metrics = attrs.field(factory=Metrics, eq=False, repr=False)
+    activity: Activity = attrs.field(
+        default=attrs.Factory(lambda self: Activity(self.reactor), takes_self=True), eq=False, repr=False
+    )
     shared: dict = attrs.field(factory=dict, eq=False, repr=False)
 
     def share(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -142,6 +151,27 @@ class Stage(MultiService):
         raise NotImplementedError
 
     async def _on_delivery(self, delivery: Delivery, outbox: Outbox) -> None:
+        """
+        Handle one delivery as the current sample (L{sample_context}), and
+        count it: received, in flight, then succeeded or failed.
+        """
+        labels = (self.kind, self.stage_config.consumer_queue)
+        metrics = self.context.metrics
+        metrics.received.labels(*labels).inc()
+        in_flight = metrics.in_flight.labels(*labels)
+        in_flight.inc()
+        # The ids are filled in by process() once it has decoded the body
+        # (L{sample_context.identify}): decoding it here too would double
+        # the JSON work of every message.
+        sample = Sample(self.kind, self.stage_config.consumer_queue)
+        try:
+            with bound(sample), self.context.activity.handling(sample):
+                self.log.debug("Received a message on {queue}", queue=sample.queue, event="received")
+                await self._handle(delivery, outbox)
+        finally:
+            in_flight.dec()
+
+    async def _handle(self, delivery: Delivery, outbox: Outbox) -> None:
         try:
             await self.process(delivery, outbox)
         except (Closed, CancelledError, PublishNacked):
@@ -153,6 +183,8 @@ class Stage(MultiService):
         except Exception as e:
             self.log.failure("Bug: unexpected error in {stage}; the message is given up as a permanent failure", stage=self.kind)
             await self.give_up(delivery, outbox, PermanentError(f"internal error in {self.kind}: {type(e).__name__}: {_clip(str(e))}"))
+        else:
+            self.context.metrics.succeeded.labels(self.kind, self.stage_config.consumer_queue).inc()
 
     async def give_up(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
         """
@@ -181,8 +213,18 @@ class Stage(MultiService):
             why=failed.error,
             n=failed.attempts,
             kind="final" if failed.final else "will retry",
+            event="failed",
+            reason=failed.error,
         )
         await outbox.publish(self.stage_config.failed_queue, failed.encode(), priority=delivery.priority)
+        sample = current()
+        if sample is not None:
+            # What the failed message says wins over what process() got to.
+            identify(analysis_id=failed.analysis_id or None, task_id=failed.task_id)
+            self.context.activity.failed(sample, failed.error, failed.final)
+        self.context.metrics.failed.labels(
+            self.kind, self.stage_config.consumer_queue, "permanent" if failed.final else "transient"
+        ).inc()
 
     async def download(self, spool: BinaryIO, fetch: Callable[[BinaryIO], Awaitable[None]], what: str) -> None:
         """
