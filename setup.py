@@ -22,7 +22,8 @@ setup(
     # directory; otherwise setuptools would map cuckoodist alone.
     package_dir={"": "."},
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]) + ["twisted.plugins"],
-    package_data={"cuckoodist.amqp": ["spec/*.xml"]},
+    # The dashboard's page, script and style sheet are served from the package.
+    package_data={"cuckoodist.amqp": ["spec/*.xml"], "cuckoodist.dashboard": ["static/*"]},
     install_requires=[
         "Twisted[tls]>=24.7",
         "treq>=24.9",

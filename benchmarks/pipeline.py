@@ -365,6 +365,9 @@ def config_doc(run: dict, urls: dict, prefix: str, work: Path) -> dict:
     q = {name: f"{prefix}/{name}" for name in ("feed_cuckoo", "check_results", "parse_and_submit", "failed")}
     doc = {
         "amqp": run["amqp"], "log_level": "info", "grace_period": 5, "http_timeout": 60,
+        # The daemons of a run share this file: none may take the default
+        # metrics port (9103), which a daemon on this host may hold.
+        "metrics": {"listen": ""},
         "crits": {"url": urls["crits"], "username": "analyst",
                   "api_key": "0123456789abcdef0123456789abcdef01234567"},
         "cuckoo": {"sim": {"url": urls["cuckoo"]}},

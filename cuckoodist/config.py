@@ -194,6 +194,39 @@ class MetricsConfig:
     listen: str = setting("tcp:9103:interface=127.0.0.1", _endpoint_string)
 
 
+#: The shortest dashboard token accepted: it guards an action any local
+#: process (or browser page) could otherwise try to guess its way into.
+MIN_TOKEN_LENGTH = 16
+
+
+def _token(value: Any, path: Path) -> str:
+    value = text()(value, path)
+    if value and (
+        len(value) < MIN_TOKEN_LENGTH or not (value.isascii() and value.isprintable()) or value != value.strip()
+    ):
+        # ASCII: the page sends it in a header, which a browser refuses to
+        # carry anything else in.
+        raise ConfigError(
+            f"must be \"\" (resubmitting disabled) or at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+            "without surrounding spaces, e.g. from 'openssl rand -hex 24'",
+            path,
+        )
+    return value
+
+
+@attrs.frozen
+class DashboardConfig:
+    """
+    The dashboard on the operations listener (C{metrics.listen}).
+
+    @ivar token: what the dashboard's resubmit button must send (as
+        C{Authorization: Bearer}); C{""} disables resubmitting from the
+        page, the read-only views stay.  Never shown, logged or served.
+    """
+
+    token: str = setting("", _token, repr=False)
+
+
 def _url_key(url: str) -> tuple[str, str, int, str] | None:
     """
     Reduce an HTTP URL to what identifies the server and API root.
@@ -236,6 +269,7 @@ class Config:
         daemon declares (L{cuckoodist.amqp.topology}).
     @ivar log_format: C{text} or C{json} (see L{LOG_FORMATS}).
     @ivar metrics: the operations listener (L{MetricsConfig}).
+    @ivar dashboard: the dashboard's resubmit token (L{DashboardConfig}).
     @ivar grace_period: seconds a SIGTERM waits for in-flight work.
     @ivar http_timeout: seconds for a whole HTTP call, body included.
     @ivar crits: C{None} when every message must bring its own CRITs.
@@ -254,6 +288,9 @@ class Config:
     log_file: str = setting("", path_text(empty=True))
     log_format: str = setting("text", one_of(LOG_FORMATS))
     metrics: MetricsConfig = setting(attrs.Factory(MetricsConfig), lambda value, path: _parse_metrics(value, path))
+    dashboard: DashboardConfig = setting(
+        attrs.Factory(DashboardConfig), lambda value, path: _parse_dashboard(value, path), repr=False
+    )
     grace_period: float = setting(30.0, seconds(zero=True))
     http_timeout: float = setting(120.0, seconds(zero=False))
     crits: CritsConfig | None = setting(None, lambda value, path: _parse_crits(value, path))
@@ -496,6 +533,12 @@ def _parse_metrics(value: Any, path: Path) -> MetricsConfig:
     if value is None:
         return MetricsConfig()
     return build(MetricsConfig, mapping(value, path), path)
+
+
+def _parse_dashboard(value: Any, path: Path) -> DashboardConfig:
+    if value is None:
+        return DashboardConfig()
+    return build(DashboardConfig, mapping(value, path), path)
 
 
 def _parse_cuckoos(value: Any, path: Path) -> dict[str, CuckooConfig]:

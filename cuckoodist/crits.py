@@ -30,7 +30,7 @@ import attrs
 
 from cuckoodist.crits_encoding import encode_form, result_batches
 from cuckoodist.errors import PermanentError, TransientError
-from cuckoodist.http import HTTPClient, Response
+from cuckoodist.http import HTTPClient, Peer, Response
 from cuckoodist.messages import CritsData
 from cuckoodist.results import ResultRow
 
@@ -120,6 +120,8 @@ class CritsClient:
 
     @param crits: the message's CRITs context, with credentials resolved.
     @param max_body: keep every request body under this many bytes.
+    @param peer: counts and times every request (L{Peer}); C{None} for
+        neither.
     """
 
     def __init__(
@@ -128,8 +130,10 @@ class CritsClient:
         crits: CritsData,
         verify_ssl: bool = True,
         max_body: int = 2_500_000,
+        peer: Peer | None = None,
     ) -> None:
         self._http = http
+        self._peer = peer
         self._crits = crits
         self._url = crits.crits_url.rstrip("/")
         self._verify = verify_ssl
@@ -157,6 +161,7 @@ class CritsClient:
             verify=self._verify,
             max_body=1024 * 1024,
             what=f"CRITs {self._url}",
+            peer=self._peer,
         )
         return _check(response, self._url, "services")
 
@@ -255,6 +260,7 @@ class CritsClient:
             verify=self._verify,
             max_body=1024 * 1024,
             what=f"CRITs {self._url}",
+            peer=self._peer,
         )
         _check_status(response, self._url, "samples API")
         doc = response.json_object(f"CRITs {self._url}", "from the samples API")
@@ -293,6 +299,7 @@ class CritsClient:
             max_body=max_size,
             sink=sink,
             what=f"CRITs {self._url}",
+            peer=self._peer,
         )
         _check_status(response, self._url, "samples download")
 
@@ -320,6 +327,7 @@ class CritsClient:
             verify=self._verify,
             max_body=1024 * 1024,
             what=f"CRITs {self._url}",
+            peer=self._peer,
         )
         try:
             _check(response, self._url, "relationship")

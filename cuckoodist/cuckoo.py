@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Mapping
 from twisted.internet.defer import DeferredSemaphore
 
 from cuckoodist.errors import PermanentError, TransientError
-from cuckoodist.http import HTTPClient, Response
+from cuckoodist.http import HTTPClient, Peer, Response
 
 __all__ = ["CuckooClient", "SUBMIT_FIELDS", "FINISHED", "FAILED", "OutputMissing", "TaskNotFound"]
 
@@ -65,6 +65,10 @@ class CuckooClient:
         C{None} for no cap.  A request holds it from before it is sent
         until its body is read (or streamed to its sink), so a slow report
         download counts for as long as it takes.
+    @param peer: counts and times every request (L{Peer}); its C{node} is
+        the Cuckoo's configured name.  C{None} for neither.
+    @ivar name: the configured name of this Cuckoo, for metric labels;
+        the URL when no L{Peer} names it.
     """
 
     def __init__(
@@ -74,8 +78,11 @@ class CuckooClient:
         token: str = "",
         verify_ssl: bool = True,
         limiter: DeferredSemaphore | None = None,
+        peer: Peer | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.name = peer.node if peer is not None else self.url
+        self._peer = peer
         self._http = http
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._verify = verify_ssl
@@ -109,6 +116,7 @@ class CuckooClient:
             headers=self._headers,
             verify=self._verify,
             what=f"Cuckoo {self.url}",
+            peer=self._peer,
             **kwargs,
         )
 

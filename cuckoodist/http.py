@@ -45,7 +45,7 @@ import mimetypes
 import re
 import uuid
 from typing import Any, BinaryIO, Iterable, Mapping
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 import treq
@@ -61,11 +61,13 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from cuckoodist.errors import PermanentError, TransientError
+from cuckoodist.metrics import Metrics, status_class
 
-__all__ = ["HTTPClient", "Response", "BodyTooLarge", "NotSent"]
+__all__ = ["HTTPClient", "Peer", "Response", "BodyTooLarge", "NotSent"]
 
 
 class BodyTooLarge(PermanentError):
@@ -124,6 +126,69 @@ class Response:
             return json.loads(self.body)
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
+
+
+class Peer:
+    """
+    Whom a request goes to, as its metrics and its debug line name it.
+
+    Every call to a peer is counted (C{cuckoodist_http_requests_total}, by
+    status class) and timed in a debug line in one place,
+    L{HTTPClient.request}, so that no client can forget to.  The labels are
+    the configuration's, never the URL's: a message names a URL, and a
+    label taken from it would let traffic create time series.
+
+    @ivar kind: C{cuckoo} or C{crits}.
+    @ivar node: the configured name of the Cuckoo, or C{crits}.
+    @ivar metrics: counts the calls; C{None} counts nothing.
+    @ivar log: takes the debug line of each call (C{event="http"}).
+    @param log_observer: where that line goes: the daemon's stage log
+        observer, which drops it below C{log_level}; C{None} for the
+        global log publisher.
+    """
+
+    def __init__(self, kind: str, node: str, metrics: Metrics | None = None, log_observer: Any = None) -> None:
+        self.kind = kind
+        self.node = node
+        self.metrics = metrics
+        self.log = Logger(namespace="cuckoodist.http", observer=log_observer)
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.kind} {self.node}>"
+
+    def called(self, method: str, url: str, code: int | None, seconds: float, error: str = "") -> None:
+        """
+        Count one call and log its time at debug level: the path without
+        the query string (which may carry credentials), never a header.
+
+        @param code: the answer's status code, C{None} when none came.
+        @param error: why no answer came (or why it was refused).
+        """
+        if self.metrics is not None:
+            self.metrics.http_requests.labels(self.kind, self.node, status_class(code)).inc()
+        fields: dict[str, Any] = {
+            "event": "http",
+            "peer": self.kind,
+            "node": self.node,
+            "method": method,
+            "path": _path_only(url),
+            "status": code if code is not None else "error",
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if error:
+            self.log.debug("{peer} {node}: {method} {path} -> {status} in {duration_ms} ms: {error}", error=error, **fields)
+        else:
+            self.log.debug("{peer} {node}: {method} {path} -> {status} in {duration_ms} ms", **fields)
+
+
+def _path_only(url: str) -> str:
+    """
+    The path of C{url}: no scheme, host, user info, query or fragment.
+    """
+    try:
+        return urlsplit(url).path or "/"
+    except ValueError:
+        return "?"
 
 
 @implementer(IPolicyForHTTPS)
@@ -217,6 +282,7 @@ class HTTPClient:
         sink: BinaryIO | None = None,
         timeout: float | None = None,
         what: str = "",
+        peer: Peer | None = None,
     ) -> Response:
         """
         Make one HTTP call and read its whole body.
@@ -234,9 +300,45 @@ class HTTPClient:
         @param max_body: refuse bodies larger than this many bytes.
         @param sink: write the body here instead of keeping it in memory.
         @param what: names the peer in error messages, e.g. C{"Cuckoo"}.
+        @param peer: counts the call by status class and logs its time at
+            debug level (L{Peer}); C{None} for neither.
         @raise TransientError: the peer could not be reached or the call
             timed out.
         @raise BodyTooLarge: the body went past C{max_body}.
+        """
+        if peer is None:
+            return await self._request(method, url, headers, params, data, files, verify, max_body, sink, timeout, what, [])
+        started = self._reactor.seconds()
+        # The status code, once an answer came: a redirect or a body over
+        # max_body still counts under its code, not as "error".
+        answered: list[int] = []
+        try:
+            response = await self._request(method, url, headers, params, data, files, verify, max_body, sink, timeout, what, answered)
+        except Exception as e:
+            reason = e.reason if isinstance(e, (PermanentError, TransientError)) else type(e).__name__
+            peer.called(method, url, answered[0] if answered else None, self._reactor.seconds() - started, reason)
+            raise
+        peer.called(method, url, response.code, self._reactor.seconds() - started)
+        return response
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Any,
+        data: Any,
+        files: Any,
+        verify: bool,
+        max_body: int,
+        sink: BinaryIO | None,
+        timeout: float | None,
+        what: str,
+        answered: list[int],
+    ) -> Response:
+        """
+        L{request}'s work, adding the status code to C{answered} as soon
+        as the response headers came.
         """
         seconds = self._timeout if timeout is None else timeout
         agent = self._agents[bool(verify)]
@@ -247,7 +349,7 @@ class HTTPClient:
             if content_type is not None:
                 wire_headers.setRawHeaders(b"Content-Type", [content_type])
             d = agent.request(method.encode("ascii").upper(), _url(url, params), wire_headers, producer)
-            d.addCallback(_read, method, url, max_body, sink, peer)
+            d.addCallback(_read, method, url, max_body, sink, peer, answered)
             d.addTimeout(seconds, self._reactor)
             return await d
         except (PermanentError, TransientError):
@@ -267,12 +369,15 @@ class HTTPClient:
         return gatherResults([pool.closeCachedConnections() for pool in self._pools])
 
 
-def _read(response: Any, method: str, url: str, max_body: int, sink: BinaryIO | None, peer: str) -> Deferred:
+def _read(response: Any, method: str, url: str, max_body: int, sink: BinaryIO | None, peer: str, answered: list[int]) -> Deferred:
     """
     Check a response's status and length, and read its body, into a
     L{Response}.  The returned L{Deferred} is the one the caller's deadline
     cancels: cancelling it drops the connection.
+
+    @param answered: gets the status code appended, for the call's count.
     """
+    answered.append(response.code)
     if 300 <= response.code < 400:
         _drop(response)
         raise PermanentError(

@@ -75,7 +75,10 @@ class Metrics:
             "cuckoodist_messages_in_flight", "Messages a stage holds unacked right now.", STAGE_LABELS, registry=registry
         )
         self.consuming = Gauge(
-            "cuckoodist_stage_consuming", "1 while a stage's consumer is registered with the broker.", STAGE_LABELS, registry=registry
+            "cuckoodist_stage_consuming",
+            "Consumers of a stage's queue registered with the broker (0 while paused or down).",
+            STAGE_LABELS,
+            registry=registry,
         )
 
         # Timings and sizes.
@@ -93,10 +96,14 @@ class Metrics:
         )
         self.report_bytes = histogram("cuckoodist_report_bytes", "Size of the Cuckoo reports read.", _SIZE_BUCKETS)
         self.crits_submit_seconds = histogram(
-            "cuckoodist_crits_submit_seconds", "Time to post one sample's results to CRITs.", _CALL_BUCKETS
+            "cuckoodist_crits_submit_seconds",
+            "Time to post one report's results (and the step's notes) to CRITs, retries included.",
+            _CALL_BUCKETS,
         )
         self.end_to_end_seconds = histogram(
-            "cuckoodist_end_to_end_seconds", "Time from the analysis request to its CRITs analysis finished.", _LONG_BUCKETS
+            "cuckoodist_end_to_end_seconds",
+            "Time from the sample's upload to Cuckoo (SubmittedAt, the pipeline's first stamp) to its CRITs analysis finished.",
+            _LONG_BUCKETS,
         )
 
         # Peers.

@@ -94,6 +94,9 @@ def config_doc(peers: Peers, p: str, dump_dir: str, stages: list[str] | None = N
         "crits": {"url": peers.crits_server.url, "username": "analyst", "api_key": DEFAULT_API_KEY, "verify_ssl": True},
         "cuckoo": {"sim": {"url": peers.cuckoo_server.url}},
         "stages": [all_stages[name] for name in chosen],
+        # No operations listener: tests run in parallel and would fight over
+        # the default port.  A test that wants one overrides this (tcp:0).
+        "metrics": {"listen": ""},
     }
     doc.update(overrides)
     return doc
@@ -188,6 +191,16 @@ def start_daemon(testcase: Any, config: Config) -> list[dict]:
 
     @return: every log event from now on, for the test to look at.
     """
+    return run_daemon(testcase, config)[1]
+
+
+def run_daemon(testcase: Any, config: Config) -> tuple[Any, list[dict]]:
+    """
+    L{start_daemon}, for a test that needs the daemon's services too (its
+    C{ops} listener, its connection).
+
+    @return: the running daemon, and every log event from now on.
+    """
     from twisted.logger import globalLogPublisher
 
     from cuckoodist.tap import build_daemon
@@ -203,7 +216,7 @@ def start_daemon(testcase: Any, config: Config) -> list[dict]:
     daemon = build_daemon(config, reactor)
     daemon.startService()
     testcase.addCleanup(daemon.stopService)
-    return events
+    return daemon, events
 
 
 async def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -1,6 +1,7 @@
 """
-Methods the broker answers, sent back to back on one channel, each get
-their own answer, against the real shared broker.
+Against the real shared broker: methods the broker answers, sent back to
+back on one channel, each get their own answer; channel numbers are
+reused.
 
 RabbitMQ does not always answer in the order the methods were sent: a
 classic queue's process, not the channel, sends C{basic.cancel-ok}.  A
@@ -97,6 +98,51 @@ class AnswerOrderTests(TestCase):
             probe.probing = True
             with self.assertRaises(Exception):
                 await probe.queue_declare(queue=second, passive=True)
+
+        return Deferred.fromCoroutine(go())
+
+
+class ChannelNumberTests(TestCase):
+    """
+    Channel numbers are given out again once their channel is closed:
+    they are 16 bits, and a daemon probing queues every few seconds opens
+    a channel each time.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> Deferred:
+        self.service = AMQPConnectionService(reactor, parse_amqp_url(AMQP_URL, ("amqp",)), retry_policy=lambda n: 0.1)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        return Deferred.fromCoroutine(self._open())
+
+    async def _open(self) -> None:
+        self.client = await self.service.whenConnected()
+
+    def test_reused(self) -> Deferred:
+        """
+        A channel closed by us, and one the broker closed (a passive
+        declare of a missing queue), free their numbers; open ones keep
+        theirs; the table holds only open channels.
+        """
+
+        async def go() -> None:
+            kept = await self.client.open_channel()
+            for _ in range(3):
+                mine = await self.client.open_channel()
+                self.assertEqual(mine.id, kept.id + 1)
+                await mine.channel_close()
+                self.assertTrue(mine.closed)
+            probe = await self.client.open_channel()
+            probe.probing = True
+            with self.assertRaises(Exception):
+                await probe.queue_declare(queue=f"test.answers.missing.{uuid.uuid4().hex}", passive=True)
+            again = await self.client.open_channel()
+            self.assertEqual(again.id, probe.id)
+            self.assertEqual(set(self.client.channels) - {0}, {kept.id, again.id})
+            self.assertFalse(kept.closed)
+            await kept.queue_declare(queue="", exclusive=True)
 
         return Deferred.fromCoroutine(go())
 

@@ -233,9 +233,11 @@ class ExampleFileTests(SynchronousTestCase):
         doc = yaml.safe_load(EXAMPLE.getContent())
         self.assertEqual(
             set(doc),
-            {"amqp", "queue_type", "log_level", "log_file", "grace_period", "http_timeout",
-             "crits", "cuckoo", "stages"},
+            {"amqp", "queue_type", "log_level", "log_file", "log_format", "grace_period", "http_timeout",
+             "metrics", "dashboard", "crits", "cuckoo", "stages"},
         )
+        self.assertEqual(set(doc["metrics"]), {"listen"})
+        self.assertEqual(set(doc["dashboard"]), {"token"})
         self.assertEqual(
             set(doc["crits"]), {"url", "username", "api_key", "verify_ssl", "allowed_urls"}
         )

@@ -113,6 +113,31 @@ class OptionsTests(SynchronousTestCase):
         )
 
 
+class OperationsServicesTests(SynchronousTestCase):
+    def build(self, environ: dict | None = None, **top: object) -> list:
+        from cuckoodist.config import parse_config
+
+        config = parse_config({"stages": [{"type": "overseer", "dump_dir": "/nonexistent"}], **top})
+        return [service.name for service in build_daemon(config, MemoryReactorClock(), environ)]
+
+    def test_ops_listener(self) -> None:
+        """
+        The operations listener is the service C{ops}, unless
+        C{metrics.listen} is C{""}.
+        """
+        self.assertIn("ops", self.build())
+        self.assertNotIn("ops", self.build(metrics={"listen": ""}))
+
+    def test_systemd_only_when_asked(self) -> None:
+        """
+        The systemd notifier exists only when C{$NOTIFY_SOCKET} is set, and
+        is the last service (started once the stages are).
+        """
+        self.assertNotIn("systemd", self.build())
+        self.assertNotIn("systemd", self.build({"NOTIFY_SOCKET": ""}))
+        self.assertEqual(self.build({"NOTIFY_SOCKET": "/run/systemd/notify"})[-1], "systemd")
+
+
 class LogLevelTests(SynchronousTestCase):
     def test_stage_lines_follow_log_level(self) -> None:
         """

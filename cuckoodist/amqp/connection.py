@@ -43,6 +43,7 @@ from cuckoodist.amqp.connection_log import ConnectionLog, why_connect_failed
 from cuckoodist.amqp.protocol import AMQPClient, ConfirmingDelegate, describe_close
 from cuckoodist.amqp.tls import client_tls_options
 from cuckoodist.amqp.topology import CLASSIC, QUEUE_TYPES
+from cuckoodist.metrics import Metrics
 
 __all__ = ["AMQPConnectionService", "SPEC_PATH", "load_amqp_spec"]
 
@@ -199,6 +200,9 @@ class AMQPConnectionService(ClientService):
     @param queue_type: the type (C{classic} or C{quorum}) of every queue
         declared over this connection; consumers and producers read it
         here (see L{cuckoodist.amqp.consumer}).
+    @param metrics: the daemon's L{Metrics}, to export whether the
+        connection is up (read at each scrape), the reconnects, and the
+        publishes awaiting a confirm; C{None} (tools, tests) for none.
     @raise ConfigError: a TLS file cannot be read or parsed.
 
     @ivar queue_type: as given.
@@ -206,6 +210,10 @@ class AMQPConnectionService(ClientService):
         connection, C{None} while there is none.
     @ivar connections: how many times the service has logged in, the
         first connection included.
+    @ivar last_error: why the latest attempt failed or the latest
+        connection was lost, in the log's words; C{None} before any
+        failure.  Kept after a reconnection: read it only while
+        L{connected_to} is C{None} (the readiness check does).
     """
 
     def __init__(
@@ -215,6 +223,7 @@ class AMQPConnectionService(ClientService):
         retry_policy: Callable[[int], float] | None = None,
         log: Logger | None = None,
         queue_type: str = CLASSIC,
+        metrics: Metrics | None = None,
     ) -> None:
         nodes = tuple(amqp) if isinstance(amqp, (list, tuple)) else (amqp,)
         if not nodes:
@@ -227,6 +236,7 @@ class AMQPConnectionService(ClientService):
         self.connections = 0
         self._report = ConnectionLog(where(nodes[0]), log)
         self._why: str | None = None
+        self.last_error: str | None = None
         policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=_MAX_RECONNECT_DELAY)
         endpoints = []
         for node in nodes:
@@ -247,6 +257,20 @@ class AMQPConnectionService(ClientService):
         self._clock = reactor
         self._client: AMQPClient | None = None
         self._stopping = False
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.amqp_connected.set_function(lambda: 1.0 if self.connected_to is not None else 0.0)
+            metrics.amqp_confirms_pending.set_function(self._confirms_pending)
+
+    def _confirms_pending(self) -> float:
+        """
+        Publishes on the current connection the broker has not confirmed:
+        read from the channels at each scrape, so it can never drift.
+        """
+        client = self._client
+        if client is None or self.connected_to is None:
+            return 0.0
+        return float(client.confirms_pending)
 
     @property
     def _node(self) -> Any:
@@ -267,6 +291,7 @@ class AMQPConnectionService(ClientService):
         delay = round(policy(attempt), 1)
         why, self._why = self._why, None
         if why is not None and not self._stopping:
+            self.last_error = why
             self._report.failed(why, delay, self._where)
         return delay
 
@@ -278,7 +303,8 @@ class AMQPConnectionService(ClientService):
         if self._stopping:
             log.info("Closed the RabbitMQ connection to {where}", where=lost_from)
         else:
-            self._report.lost(describe_close(reason), lost_from)
+            self.last_error = describe_close(reason)
+            self._report.lost(self.last_error, lost_from)
 
     def _login(self, client: AMQPClient) -> Deferred:
         """
@@ -296,6 +322,8 @@ class AMQPConnectionService(ClientService):
             self._client = client
             self.connected_to = where(node)
             self.connections += 1
+            if self._metrics is not None and self.connections > 1:
+                self._metrics.amqp_reconnects.inc()
             self._report.connected(self.connected_to)
 
         def failed(reason: Failure) -> Failure:

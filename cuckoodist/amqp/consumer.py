@@ -155,6 +155,9 @@ class QueueConsumer(Service):
         its consumer in this configuration.
     @ivar refused: the L{QueueArgumentsMismatch} that stopped the consumer,
         or C{None}.
+    @ivar consuming: C{True} while the consumer is set up on a live
+        channel (its queue declared, its delivery stream open), paused or
+        not.
     """
 
     def __init__(
@@ -191,6 +194,23 @@ class QueueConsumer(Service):
         self._paused = False
         self._active = False
         self._switching = DeferredLock()
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether the owner asked the consumer to stop taking deliveries
+        (L{pause}, or an admission that refused one) and has not resumed it.
+        """
+        return self._paused
+
+    @property
+    def registered(self) -> bool:
+        """
+        Whether the broker has this consumer registered now and sends it
+        deliveries: set up on a live channel and not paused.  Read-only,
+        for health checks and the C{cuckoodist_stage_consuming} gauge.
+        """
+        return self.consuming and self._active and self._channel is not None and not self._channel.closed
 
     def startService(self) -> None:
         super().startService()

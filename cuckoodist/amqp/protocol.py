@@ -37,6 +37,8 @@ __all__ = ["AMQPClient", "Channel", "PublishNacked", "Closed", "ChannelClosed", 
 log = Logger()
 
 PERSISTENT = 2
+#: Channel numbers are 16 bits; 0 is the connection's own.
+_MAX_CHANNEL = 65535
 
 
 class PublishNacked(Exception):
@@ -123,7 +125,11 @@ class Channel(AMQChannel):
                 (waiting.errback if isinstance(outcome, Failure) else waiting.callback)(outcome)
 
         if not _answered(method, args):
-            super().invoke(method, args, content).addBoth(settle)
+            sent = super().invoke(method, args, content)
+            if method.klass.name == "channel" and method.name == "close":
+                # Closed by us: mark it so, for open_channel to reuse its number.
+                sent.addCallback(lambda reply: (self.close(None), reply)[1])
+            sent.addBoth(settle)
             return waiting
 
         def send(_: object) -> None:
@@ -314,7 +320,6 @@ class AMQPClient(AMQClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel_ids = itertools.count(1)
         self.logged_in = False
 
     @property
@@ -371,9 +376,27 @@ class AMQPClient(AMQClient):
 
     async def open_channel(self) -> Channel:
         """
-        Open a new channel with a number no other stage uses.
+        Open a new channel, numbered with the lowest number no open
+        channel uses.
+
+        txAMQP keeps every channel it ever made in C{channels}, and a
+        channel number is 16 bits: numbering on and on, a daemon that
+        opens a channel per probe (the dashboard's queue depths, every few
+        seconds) ran out after days, and then no stage could reopen its
+        channel.  Closed channels are dropped from the table and their
+        numbers given out again.  Picking the number and entering the
+        channel in the table happen in one step, so two openings never
+        pick the same number.
         """
-        channel = await self.channel(next(self._channel_ids))
+        for number, known in list(self.channels.items()):
+            if known.closed:
+                del self.channels[number]
+        number = 1
+        while number in self.channels:
+            number += 1
+        if number > _MAX_CHANNEL:
+            raise RuntimeError(f"all {_MAX_CHANNEL} AMQP channels of this connection are open")
+        channel = self.channels[number] = self.channelFactory(number, self.outgoing, self)
         await channel.channel_open()
         return channel
 

@@ -29,6 +29,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.logger import Logger
 from twisted.python import usage
 
+from cuckoodist.commands.arguments import positive_seconds
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.protocol import ChannelClosed, Closed, describe_close
 from cuckoodist.config import Config, load_config
@@ -44,16 +45,6 @@ _HTTP_TIMEOUT = 10.0
 #: Seconds closing a connection or draining the daemon may take before we
 #: stop waiting.
 _CLOSE_TIMEOUT = 10.0
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
-    if not 0 < number < float("inf"):
-        raise ValueError(f"--timeout and --broker-timeout take a positive number of seconds, not {value!r}")
-    return number
 
 
 def _count(value: str) -> int:
@@ -90,8 +81,8 @@ class DemoOptions(usage.Options):
     optParameters = [
         ["config", "c", None, "The daemon's configuration: AMQP URL, feed queue, CRITs simulator URL, dump_dir."],
         ["count", "n", 10, "How many samples to publish (1..10000).", _count],
-        ["timeout", None, 300.0, "Seconds to wait for every analysis to finish.", _seconds],
-        ["broker-timeout", None, 30.0, "Seconds to wait for the broker to take the samples.", _seconds],
+        ["timeout", None, 300.0, "Seconds to wait for every analysis to finish.", positive_seconds("--timeout")],
+        ["broker-timeout", None, 30.0, "Seconds to wait for the broker to take the samples.", positive_seconds("--broker-timeout")],
     ]
     optFlags = [
         ["run-daemon", None, "Also run CONFIG's stages in this process, and stop them at the end."],
@@ -287,6 +278,9 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
 
                 daemon = build_daemon(config, reactor)
                 daemon.startService()
+                url = await _dashboard_url(daemon)
+                if url:
+                    print(f"dashboard: {url}", file=out)
             await _bounded(
                 reactor,
                 Deferred.fromCoroutine(
@@ -315,6 +309,29 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
             await _bounded(reactor, connection.stopService(), _CLOSE_TIMEOUT)
         except DeferredTimeout:
             pass
+
+
+async def _dashboard_url(daemon: Any) -> str | None:
+    """
+    Where the daemon's dashboard answers, once its listener listens
+    (C{metrics.listen}); C{None} when it has none, or none reachable by
+    URL (a UNIX socket), or it could not listen (the listener logged why).
+    """
+    try:
+        ops = daemon.getServiceNamed("ops")
+    except KeyError:
+        return None
+    try:
+        port = await ops.listening
+    except Exception:
+        return None
+    address = port.getHost()
+    host, number = getattr(address, "host", None), getattr(address, "port", None)
+    if not isinstance(host, str) or number is None:
+        return None
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{number}/dashboard/"
 
 
 async def _watch(reactor: Any, options: DemoOptions, wanted: set[str], state_url: str,

@@ -12,50 +12,49 @@ hostile by construction.  Every file is judged on its own: one that
 cannot be read, names a queue the broker could not take (or, with
 C{-c}, a queue no configured stage consumes), is skipped with a reason
 on one line, and the rest still go.  Every wait on the broker is bounded
-by C{--timeout}.
+by C{--timeout}.  Progress goes to stderr (L{cuckoodist.commands.progress}).
 """
 
 from __future__ import annotations
 
-import getopt
 import os
 import sys
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import react
 from twisted.python import usage
 
-from cuckoodist.amqp.connection import AMQPConnectionService
+from cuckoodist.commands.arguments import OptionsAnywhere
 from cuckoodist.amqp.names import queue_name_problem
+from cuckoodist.commands.progress import Progress
 from cuckoodist.config import DEFAULT_AMQP_URL, load_config, parse_amqp_url
 from cuckoodist.dump import DumpRecord, DumpStore
 from cuckoodist.errors import ConfigError
 from cuckoodist.messages import resubmittable
-from cuckoodist.publish import publish_confirmed
+from cuckoodist.publish import publish_confirmed, with_connection
 
-__all__ = ["ResubmitOptions", "run", "resubmit"]
+__all__ = ["ResubmitOptions", "plan_resubmit", "run", "resubmit"]
 
 #: Seconds the whole publish (connecting included) may take by default.
 DEFAULT_TIMEOUT = 60.0
-#: Seconds closing the connection may take before we stop waiting.
-_CLOSE_TIMEOUT = 10.0
 
 
-class ResubmitOptions(usage.Options):
+class ResubmitOptions(OptionsAnywhere):
     """
     Command line of C{cuckoodist resubmit}.  C{DUMP_DIR} may come before or
     after the options, as with GNU tools: the README shows it first.
     """
 
-    synopsis = "DUMP_DIR [--only-stage STAGE] [-c CONFIG | --amqp URL] [--any-queue] [--timeout SECONDS]"
+    synopsis = "DUMP_DIR [--only-stage STAGE] [-c CONFIG | --amqp URL] [--any-queue] [--timeout SECONDS] [--no-progress]"
     longdesc = (
         "Publish the messages the overseer dumped in DUMP_DIR back to the queues they failed on, "
         "with their retry count cleared, and delete each file once the broker confirmed its "
         "message, so an interrupted run can simply be repeated. A file that cannot be read or "
         "names an unusable queue (with -c: a queue no stage of CONFIG consumes, unless "
-        "--any-queue) is skipped with its reason on one line; the rest still go. The broker is "
+        "--any-queue) is skipped with its reason on one line; the rest still go. A progress bar "
+        "goes to stderr on a terminal, a line every few seconds otherwise. The broker is "
         "that of CONFIG, or --amqp, or a local RabbitMQ as guest. Exit status: 0 when done, 1 "
         "when the broker did not confirm everything within --timeout (the unconfirmed files are "
         "kept), 2 for bad usage.")
@@ -71,26 +70,8 @@ class ResubmitOptions(usage.Options):
     ]
     optFlags = [
         ["any-queue", None, "With -c, also resubmit to queues that configuration does not consume."],
+        ["no-progress", None, "Show no progress on stderr."],
     ]
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """
-        Move options that follow C{DUMP_DIR} in front of it, then parse as
-        usual (L{usage.Options} stops at the first positional argument).
-        """
-        if options is None:
-            options = sys.argv[1:]
-        try:
-            opts, args = getopt.gnu_getopt(list(options), self.shortOpt, self.longOpt)
-        except getopt.error as e:
-            raise usage.UsageError(str(e)) from None
-        ordered: list[str] = []
-        for opt, value in opts:
-            if opt.startswith("--"):
-                ordered.append(f"{opt}={value}" if opt[2:] + "=" in self.longOpt else opt)
-            else:
-                ordered.extend([opt, value] if opt[1] + ":" in self.shortOpt else [opt])
-        super().parseOptions(ordered + ["--"] + args)
 
     def parseArgs(self, dump_dir: str) -> None:
         self["dump_dir"] = dump_dir
@@ -139,11 +120,19 @@ class _Plan:
     skipped: list[tuple[str, str]]
 
 
-def _plan(
+def plan_resubmit(
     entries: Iterable[tuple[str, DumpRecord | None, str]],
     only_stage: str | None,
     allowed_queues: frozenset[str] | None,
 ) -> _Plan:
+    """
+    Judge each dump file on its own: what goes back to which queue, with
+    its retry count cleared, and what is skipped and why.  This command
+    and the dashboard's resubmit button (L{cuckoodist.dashboard.resubmit})
+    both decide here.
+
+    @param entries: C{(path, record, problem)} as L{DumpStore} yields them.
+    """
     chosen: list[tuple[str, str, bytes]] = []
     skipped: list[tuple[str, str]] = []
     for path, record, problem in entries:
@@ -173,6 +162,7 @@ async def resubmit(
     *,
     allowed_queues: frozenset[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    progress_stream: IO[str] | None = None,
 ) -> tuple[int, int]:
     """
     Resubmit the dump files in C{dump_dir}.
@@ -181,43 +171,39 @@ async def resubmit(
         for any valid queue name.
     @param timeout: seconds the publish may take, connecting included;
         files not confirmed by then stay for the next run.
+    @param progress_stream: where to show progress (a bar on a terminal,
+        plain lines otherwise); C{None} for none.
     @return: C{(resubmitted, skipped)}.
     @raise TimeoutError: when the broker did not confirm everything in
         time (after the summary line is printed).
     """
-    plan = _plan(DumpStore(dump_dir), only_stage, allowed_queues)
+    plan = plan_resubmit(DumpStore(dump_dir), only_stage, allowed_queues)
     for path, reason in plan.skipped:
         if reason:
             print(f"skipped {_shown(path)}: {reason}", file=out)
     total = len(plan.chosen)
     done = 0
+    progress = Progress(total, "resubmitted", reactor.seconds, progress_stream, enabled=progress_stream is not None)
 
     def confirmed(index: int) -> None:
         nonlocal done
         os.unlink(plan.chosen[index][0])
         done += 1
-        if done == total or done % 50 == 0:
-            print(f"resubmitted {done}/{total}", file=out)
+        progress.advance()
+        if done == total:
+            progress.echo(f"resubmitted {done}/{total}", out)
 
     failure: str | None = None
     if plan.chosen:
-        connection = AMQPConnectionService(reactor, amqp)
-        connection.startService()
-        publishing = Deferred.fromCoroutine(
-            publish_confirmed(connection, [(queue, body) for _, queue, body in plan.chosen], confirmed)
-        )
+        messages = [(queue, body) for _, queue, body in plan.chosen]
         try:
-            await publishing.addTimeout(timeout, reactor)
+            await with_connection(reactor, amqp, lambda connection: publish_confirmed(connection, messages, confirmed), timeout)
         except DeferredTimeout:
             failure = (
                 f"the broker did not confirm every message within {timeout:g} s; "
                 f"{total - done} file(s) kept for the next run"
             )
-        finally:
-            try:
-                await connection.stopService().addTimeout(_CLOSE_TIMEOUT, reactor)
-            except DeferredTimeout:
-                pass
+    progress.finish()
     print(f"resubmitted {done}, skipped {len(plan.skipped)}", file=out)
     if failure is not None:
         raise TimeoutError(failure)
@@ -238,6 +224,7 @@ def run(options: ResubmitOptions) -> int:
                 options["only-stage"],
                 allowed_queues=options["allowed_queues"],
                 timeout=options["timeout"],
+                progress_stream=None if options["no-progress"] else sys.stderr,
             )
         except TimeoutError as e:
             print(f"cuckoodist resubmit: {e}", file=sys.stderr)

@@ -39,9 +39,10 @@ from cuckoodist.amqp.consumer import Delivery, Outbox, QueueConsumer
 from cuckoodist.amqp.protocol import Closed, PublishNacked
 from cuckoodist.config import Config, CuckooConfig
 from cuckoodist.crits import CritsClient
+from cuckoodist.analyses import analysis_board
 from cuckoodist.cuckoo import CuckooClient
 from cuckoodist.errors import CuckoodistError, InvalidMessage, PermanentError
-from cuckoodist.http import HTTPClient
+from cuckoodist.http import HTTPClient, Peer
 from cuckoodist.metrics import Metrics
 from cuckoodist.messages import CritsData, FailedMessage, peek
 from cuckoodist.retry import retrying
@@ -103,6 +104,13 @@ class StageContext:
         """
         return self.share(("cuckoo-limit", cuckoo.name), lambda: DeferredSemaphore(cuckoo.max_requests))
 
+    def peer(self, kind: str, node: str) -> Peer:
+        """
+        What counts and times this daemon's requests to one peer node
+        (L{Peer}): C{("cuckoo", configured name)} or C{("crits", "crits")}.
+        """
+        return self.share(("peer", kind, node), lambda: Peer(kind, node, self.metrics, self.log_observer))
+
 
 class Stage(MultiService):
     """
@@ -140,6 +148,14 @@ class Stage(MultiService):
             max_priorities=max_priorities(context.config),
         )
         self.consumer.setServiceParent(self)
+        # Read when /metrics is scraped, so nothing is kept in step.  Stages
+        # of one type on one queue (a feed_cuckoo per Cuckoo) share labels:
+        # the gauge counts their consumers.
+        labels = (self.kind, stage_config.consumer_queue)
+        consumers = context.share(("consuming",) + labels, list)
+        if not consumers:
+            context.metrics.consuming.labels(*labels).set_function(lambda: float(sum(c.registered for c in consumers)))
+        consumers.append(self.consumer)
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         """
@@ -166,10 +182,25 @@ class Stage(MultiService):
         sample = Sample(self.kind, self.stage_config.consumer_queue)
         try:
             with bound(sample), self.context.activity.handling(sample):
-                self.log.debug("Received a message on {queue}", queue=sample.queue, event="received")
+                # The "received" line comes from received(), once the
+                # message can be named.
                 await self._handle(delivery, outbox)
         finally:
             in_flight.dec()
+
+    def received(
+        self, analysis_id: str, task_id: int | None = None, cuckoo: str | None = None, sample_name: str | None = None
+    ) -> None:
+        """
+        Name the current sample (L{identify}) as soon as process() has
+        decoded its message, and log its arrival (C{event="received"}):
+        only then can that line say which analysis it is about.  A message
+        that does not decode is named by its C{failed} line instead.
+        """
+        identify(analysis_id=analysis_id, task_id=task_id, cuckoo=cuckoo, sample_name=sample_name)
+        self.log.debug(
+            "Received {ids} on {queue}", ids=label(analysis_id, task_id), queue=self.stage_config.consumer_queue, event="received"
+        )
 
     async def _handle(self, delivery: Delivery, outbox: Outbox) -> None:
         try:
@@ -185,6 +216,9 @@ class Stage(MultiService):
             await self.give_up(delivery, outbox, PermanentError(f"internal error in {self.kind}: {type(e).__name__}: {_clip(str(e))}"))
         else:
             self.context.metrics.succeeded.labels(self.kind, self.stage_config.consumer_queue).inc()
+            sample = current()
+            if sample is not None:
+                analysis_board(self.context).passed(sample)
 
     async def give_up(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
         """
@@ -206,6 +240,9 @@ class Stage(MultiService):
             analysis_id=seen.analysis_id,
             task_id=seen.task_id,
         )
+        # What the failed message says wins over what process() got to,
+        # in the line below too.
+        identify(analysis_id=failed.analysis_id or None, task_id=failed.task_id)
         self.log.warn(
             "{stage} failed for {ids}: {why} (attempt {n}, {kind})",
             stage=self.kind,
@@ -215,13 +252,14 @@ class Stage(MultiService):
             kind="final" if failed.final else "will retry",
             event="failed",
             reason=failed.error,
+            final=failed.final,
+            attempt=failed.attempts,
         )
         await outbox.publish(self.stage_config.failed_queue, failed.encode(), priority=delivery.priority)
         sample = current()
         if sample is not None:
-            # What the failed message says wins over what process() got to.
-            identify(analysis_id=failed.analysis_id or None, task_id=failed.task_id)
             self.context.activity.failed(sample, failed.error, failed.final)
+            analysis_board(self.context).failed(sample, failed.final)
         self.context.metrics.failed.labels(
             self.kind, self.stage_config.consumer_queue, "permanent" if failed.final else "transient"
         ).inc()
@@ -290,6 +328,7 @@ class Stage(MultiService):
             configured.token,
             configured.verify_ssl,
             limiter=self.context.cuckoo_limiter(configured),
+            peer=self.context.peer("cuckoo", configured.name),
         )
 
     def crits_client(self, crits: CritsData, max_body: int = 2_500_000) -> CritsClient:
@@ -324,7 +363,9 @@ class Stage(MultiService):
             username, api_key = configured.username, configured.api_key
         verify = configured.verify_ssl if same else True
         resolved = attrs.evolve(crits, crits_url=url, username=username, api_key=api_key)
-        return CritsClient(self.context.http, resolved, verify_ssl=verify, max_body=max_body)
+        return CritsClient(
+            self.context.http, resolved, verify_ssl=verify, max_body=max_body, peer=self.context.peer("crits", "crits")
+        )
 
 
 _DESCRIPTIONS = {

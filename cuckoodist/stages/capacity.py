@@ -20,7 +20,7 @@ C{tests.test_request_budget}): uploads closer together than C{interval}
 share a probe, and only uploads further apart each need one.
 """
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -85,10 +85,22 @@ class CapacityGate:
     @param min_free: required free bytes, or C{None} not to check.
     @param interval: seconds a status answer is trusted, and between probes
         while Cuckoo is full.
+    @param on_status: told of every probe: C{(answer, "")}, or C{(None,
+        reason)} when Cuckoo could not be asked; the dashboard's node board
+        shows the last one (and asks for one through L{refresh}).
     """
 
-    def __init__(self, cuckoo: CuckooClient, clock: Any, max_pending: int, min_free: int | None, interval: float) -> None:
+    def __init__(
+        self,
+        cuckoo: CuckooClient,
+        clock: Any,
+        max_pending: int,
+        min_free: int | None,
+        interval: float,
+        on_status: Callable[[Mapping[str, Any] | None, str], object] | None = None,
+    ) -> None:
         self._cuckoo = cuckoo
+        self._on_status = on_status
         self._clock = clock
         self._max_pending = max_pending
         self._min_free = min_free
@@ -117,6 +129,19 @@ class CapacityGate:
                 return False
             self._room -= 1
             return True
+        finally:
+            self._probing.release()
+
+    async def refresh(self) -> None:
+        """
+        Ask Cuckoo for its status unless the last answer is still fresh,
+        taking no upload slot: how the dashboard keeps a node's figures
+        current while no upload asks.  It shares the one cached answer, so
+        the node is still asked at most once per C{interval}.
+        """
+        await self._probing.acquire()
+        try:
+            await self._refresh()
         finally:
             self._probing.release()
 
@@ -153,8 +178,12 @@ class CapacityGate:
         try:
             status = await self._cuckoo.status()
         except CuckoodistError as e:
+            if self._on_status is not None:
+                self._on_status(None, e.reason)
             self._note(f"status unavailable: {e.reason}")
             return 0
+        if self._on_status is not None:
+            self._on_status(status, "")
         if self._min_free is not None and free_space(status) is None and not self._warned_no_disk:
             self._warned_no_disk = True
             log.warn(

@@ -48,6 +48,7 @@ from cuckoodist.cuckoo import FAILED, FINISHED, CuckooClient
 from cuckoodist.errors import PermanentError
 from cuckoodist.messages import TaskMessage
 from cuckoodist.retry import retrying
+from cuckoodist.sample_context import identify
 from cuckoodist.settings import seconds, setting
 from cuckoodist.stages.base import Stage, describe
 from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, priorities, produces, stage_type
@@ -131,7 +132,9 @@ class CheckResults(Stage):
             start = task.submitted_at if task.submitted_at is not None else now
             task = attrs.evolve(task, deadline=start + config.analysis_deadline)
         ids = describe(task.crits, task.task_id)
+        self.received(task.crits.analysis_id, task.task_id)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
+        identify(cuckoo=cuckoo.name)
         expected = self._expected_end(task)
         if expected is not None and expected - now >= wait:
             # Too early for any answer but "not yet": no request at all.
@@ -147,7 +150,10 @@ class CheckResults(Stage):
             return
         overdue = now > task.deadline
         if answer is NOT_REPORTED and not overdue and not self._view_due(task, now):
-            self.log.debug("Task {task} is not on {url}'s list of reported tasks yet ({ids})", task=task.task_id, url=cuckoo.url, ids=ids)
+            self.log.debug(
+                "Task {task} is not on {url}'s list of reported tasks yet ({ids})",
+                task=task.task_id, url=cuckoo.url, ids=ids, event="polled", status="not reported",
+            )
             await self._later(outbox, task, wait)
             return
         view = await retrying(self.clock, lambda: cuckoo.view(task.task_id), f"poll {ids}")
@@ -175,7 +181,10 @@ class CheckResults(Stage):
             delay = self._backoff(task, now)
         else:
             delay = wait
-        self.log.debug("Task {task} is {status}; checking again in {s:g} s ({ids})", task=task.task_id, status=status, s=delay, ids=ids)
+        self.log.debug(
+            "Task {task} is {status}; checking again in {s:g} s ({ids})",
+            task=task.task_id, status=status, s=delay, ids=ids, event="polled",
+        )
         await self._later(outbox, task, delay)
 
     def _expected_end(self, task: TaskMessage) -> float | None:
@@ -241,8 +250,18 @@ class CheckResults(Stage):
         return self.context.share(("task-board", cuckoo.url, wait), lambda: TaskBoard(cuckoo, self.clock, wait, log=self.log))
 
     async def _pass_on(self, outbox: Outbox, task: TaskMessage, cuckoo: CuckooClient, status: str, ids: str) -> None:
-        self.log.info("Task {task} on {url} is {status}; passing it on ({ids})", task=task.task_id, url=cuckoo.url, status=status, ids=ids)
+        self.log.info(
+            "Task {task} on {url} is {status}; passing it on ({ids})",
+            task=task.task_id, url=cuckoo.url, status=status, ids=ids, event="reported",
+        )
         await outbox.publish(self.stage_config.producer_queue, task.for_next_stage().encode(), priority=task.priority)
+        # From the upload (SubmittedAt, feed_cuckoo's clock) to the report
+        # seen here: Go feed_cuckoo messages carry no SubmittedAt, and a
+        # time from the future (skewed or forged) is no duration.
+        if task.submitted_at is not None:
+            took = self.clock.seconds() - task.submitted_at
+            if took >= 0:
+                self.context.metrics.analysis_seconds.labels(cuckoo.name).observe(took)
 
     async def _later(self, outbox: Outbox, task: TaskMessage, delay: float) -> None:
         await outbox.publish_later(self.stage_config.consumer_queue, task.encode(), delay, priority=task.priority)

@@ -36,10 +36,12 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from cuckoodist.amqp.consumer import Delivery, Outbox
 from cuckoodist.crits import CritsClient
+from cuckoodist.node_status import node_board
 from cuckoodist.errors import ConfigError
 from cuckoodist.http import BodyTooLarge, NotSent
 from cuckoodist.messages import AnalysisRequest, TaskMessage
 from cuckoodist.retry import retrying
+from cuckoodist.sample_context import identify
 from cuckoodist.sample_zip import SampleTooLarge, extract_sample
 from cuckoodist.settings import Path, boolean, integer, seconds, setting, text
 from cuckoodist.stages.base import Stage, StageContext, describe
@@ -99,6 +101,7 @@ class FeedCuckoo(Stage):
             stage_config.max_pending,
             stage_config.min_free_space if stage_config.check_free_space else None,
             stage_config.status_interval,
+            on_status=node_board(context).reporter(stage_config.cuckoo),
         )
         self._room_watch: Deferred | None = None
         self.consumer.admit_with(self._admit)
@@ -126,6 +129,7 @@ class FeedCuckoo(Stage):
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         request = AnalysisRequest.decode(delivery.body)
+        self.received(request.crits.analysis_id, cuckoo=self.cuckoo.name, sample_name=request.file_name)
         # Fail early, before using sandbox time, when results could not be delivered.
         crits = self.crits_client(request.crits)
         ids = describe(request.crits)
@@ -140,6 +144,7 @@ class FeedCuckoo(Stage):
                 path = await self._fetch(request, crits, work, ids)
                 size = os.path.getsize(path)
                 task_id = await self._upload(request, path, ids)
+        identify(task_id=task_id)
         self.log.info(
             "Submitted {name} ({size} bytes{how}) as task {task} on {url} for analysis={analysis}",
             name=request.file_name,
@@ -148,6 +153,10 @@ class FeedCuckoo(Stage):
             task=task_id,
             url=self.cuckoo.url,
             analysis=request.crits.analysis_id,
+            event="uploaded",
+            cuckoo=self.cuckoo.name,
+            task_id=task_id,
+            bytes=size,
         )
         submitted_at = self.clock.seconds()
         # check_results asks Cuckoo first when the analysis should be over;
@@ -169,12 +178,16 @@ class FeedCuckoo(Stage):
         # a task nobody deletes.  Such failures go to the overseer, whose
         # retry comes minutes later; only an upload that never left is
         # repeated here.
-        return await retrying(
+        started = self.clock.seconds()
+        task_id = await retrying(
             self.clock,
             lambda: self.cuckoo.submit(request.file_name, sample, request.payload, request.priority),
             f"upload {ids}",
             retry_on=NotSent,
         )
+        # Successful uploads only, waits for the node's request cap included.
+        self.context.metrics.upload_seconds.labels(self.cuckoo.name).observe(self.clock.seconds() - started)
+        return task_id
 
     async def _fetch(self, request: AnalysisRequest, crits: CritsClient, work: str, ids: str) -> str:
         """

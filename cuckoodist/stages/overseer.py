@@ -97,6 +97,19 @@ class Overseer(Stage):
         self.dump = DumpStore(stage_config.dump_dir)
         self.targets = retry_targets(context.config, stage_config, context.stage_types)
         self.attempts = AttemptMemory(context.reactor)
+        # Label values a failed message may choose among (metric_labels).
+        self._stage_types = frozenset(context.stage_types) | {stage.type for stage in context.config.stages}
+        self._queues = self.targets | {stage_config.consumer_queue}
+
+    def metric_labels(self, stage: str, queue: str) -> tuple[str, str]:
+        """
+        The C{stage} and C{queue} labels of a retry or a dump.  A failed
+        message names both, and anyone can publish one: only a known stage
+        type and a queue this configuration knows become labels
+        (C{unknown} and C{other} stand for the rest), so no message can
+        create time series.
+        """
+        return (stage if stage in self._stage_types else "unknown", queue if queue in self._queues else "other")
 
     async def give_up(self, delivery: Delivery, outbox: Outbox, error: CuckoodistError) -> None:
         """
@@ -134,6 +147,7 @@ class Overseer(Stage):
             analysis_id=failed.analysis_id or inner.analysis_id,
             task_id=failed.task_id if failed.task_id is not None else inner.task_id,
         )
+        self.received(failed.analysis_id, failed.task_id)
         why = self._why_not_retry(failed, inner)
         if why is None:
             await self._retry(failed, inner, outbox, delivery.priority if delivery.priority is not None else inner.priority)
@@ -177,14 +191,20 @@ class Overseer(Stage):
         body = with_retry(inner.doc, RetryInfo(failed.attempts, first))
         delay = min(cfg.retry_delay * 2 ** (failed.attempts - 1), MAX_RETRY_DELAY)
         await outbox.publish_later(failed.queue, body, delay, priority=priority)
+        self.context.metrics.retried.labels(*self.metric_labels(failed.service, failed.queue)).inc()
         self.log.info(
             "Retrying {ids} on {queue} in {s:g} s (attempt {n} of {m}): {why}",
             ids=label(failed.analysis_id, failed.task_id),
+            # The queue it goes back to, which the JSON line names too.
             queue=failed.queue,
             s=delay,
             n=failed.attempts + 1,
             m=cfg.max_retries + 1,
             why=failed.error,
+            event="retried",
+            attempt=failed.attempts + 1,
+            failed_stage=failed.service,
+            reason=failed.error,
         )
 
     async def _tell_crits(self, failed: FailedMessage, inner: Peek, why: str) -> bool:
@@ -202,17 +222,24 @@ class Overseer(Stage):
         except CuckoodistError as e:
             self.log.warn("Could not tell CRITs that {ids} failed: {why}", ids=label(failed.analysis_id, failed.task_id), why=e.reason)
             return False
+        self.log.info(
+            "Ended CRITs analysis {ids} as error: {why}",
+            ids=label(failed.analysis_id, failed.task_id), why=why, event="posted", posted="error", reason=why,
+        )
         return True
 
     async def _dump(self, record: DumpRecord) -> None:
         reactor = self.context.reactor
         path = await deferToThreadPool(reactor, reactor.getThreadPool(), self.dump.write, record)
+        self.context.metrics.dumped.labels(*self.metric_labels(record.stage, record.queue)).inc()
         self.log.warn(
-            "Dumped {ids} from {stage} to {path}: {why}",
+            "Dumped {ids} from {failed_stage} to {path}: {why}",
             ids=label(record.analysis_id, record.task_id),
-            stage=record.stage,
+            failed_stage=record.stage,
             path=path,
             why=record.reason,
+            event="dumped",
+            reason=record.reason,
         )
 
 

@@ -53,6 +53,7 @@ from cuckoodist.report.extract import ExtractOptions, extract_results
 from cuckoodist.report.rows import MAX_NESTING, MAX_STRING, PARSERS as REPORT_PARSERS, STAGE_PARSERS
 from cuckoodist.results import ResultRow
 from cuckoodist.retry import retrying
+from cuckoodist.sample_context import identify
 from cuckoodist.settings import Path, boolean, integer, one_of, seconds, setting, wrong_type
 from cuckoodist.stages.base import Stage, StageContext, describe
 from cuckoodist.stages.keys import StageSettings, consumes, fails_to, prefetch, priorities, produces, stage_type
@@ -164,9 +165,11 @@ class ParseAndSubmit(Stage):
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         task = TaskMessage.decode(delivery.body)
+        self.received(task.crits.analysis_id, task.task_id)
         cfg = self.stage_config
         crits = self.crits_client(task.crits, cfg.crits_max_body)
         cuckoo = self.cuckoo_client(task.cuckoo_url)
+        identify(cuckoo=cuckoo.name)
         ids = describe(task.crits, task.task_id)
         progress = dict(task.progress)
         try:
@@ -193,10 +196,15 @@ class ParseAndSubmit(Stage):
             progress["dropped_done"] = 1
         if cfg.producer_queue:
             await outbox.publish(cfg.producer_queue, task.for_next_stage().encode(), priority=task.priority)
-            self.log.info("Parsed {ids}; forwarded to {queue}", ids=ids, queue=cfg.producer_queue)
+            self.log.info("Parsed {ids}; forwarded to {to_queue}", ids=ids, to_queue=cfg.producer_queue, event="forwarded")
             return
         await retrying(self.clock, lambda: crits.finish(), f"finish {ids}")
-        self.log.info("Finished CRITs analysis {ids}", ids=ids)
+        self.log.info("Finished CRITs analysis {ids}", ids=ids, event="finished")
+        # The pipeline's first stamp is SubmittedAt (feed_cuckoo's upload):
+        # requests carry no time of their own.  Go messages lack it; a time
+        # from the future is no duration.
+        if task.submitted_at is not None and self.clock.seconds() >= task.submitted_at:
+            self.context.metrics.end_to_end_seconds.observe(self.clock.seconds() - task.submitted_at)
         if self.cleanup_queue is not None:
             await outbox.publish_later(self.cleanup_queue, task.for_next_stage().encode(), min(cfg.cleanup_delay, _MAX_CLEANUP_DELAY), priority=task.priority)
 
@@ -218,7 +226,11 @@ class ParseAndSubmit(Stage):
         except Exception:
             self.log.failure("Bug: unexpected error deleting a finished Cuckoo task; leaving it")
             return
-        self.log.debug("Deleted Cuckoo task {ids}", ids=ids)
+        # No delivery of process() is bound here: the fields say which.
+        self.log.info(
+            "Deleted Cuckoo task {ids}", ids=ids, event="deleted", stage=self.kind, queue=self.cleanup_queue,
+            analysis_id=task.crits.analysis_id, task_id=task.task_id,
+        )
 
     async def _fetch(self, spool: BinaryIO, cuckoo: _Task, fetch: Callable[[BinaryIO], Awaitable[None]], what: str, ids: str) -> None:
         """
@@ -273,8 +285,13 @@ class ParseAndSubmit(Stage):
     async def _submit_report(self, task: TaskMessage, cuckoo: _Task, crits: CritsClient, parsers: frozenset, ids: str, progress: dict[str, int]) -> None:
         cfg = self.stage_config
         with tempfile.TemporaryFile(prefix="cuckoodist-report-") as spool:
+            metrics = self.context.metrics
+            started = self.clock.seconds()
             await self._fetch(spool, cuckoo, lambda to: cuckoo.client.download_report(task.task_id, to, cfg.max_report_size), "report", ids)
+            parsing = self.clock.seconds()
+            metrics.report_fetch_seconds.labels(cuckoo.client.name).observe(parsing - started)
             size = spool.tell()
+            metrics.report_bytes.observe(size)
             spool.seek(0)
             options = ExtractOptions(parsers=frozenset(parsers), api_calls_max=cfg.push_api_calls_max, task_id=task.task_id)
             # Set when the stage gives up waiting (shutdown past
@@ -282,6 +299,11 @@ class ParseAndSubmit(Stage):
             # the thread pool's join at shutdown does not wait for a 1 GB parse.
             stop = threading.Event()
             extraction = await self.in_thread(extract_results, spool, options, stop, on_cancel=stop.set)
+            metrics.report_parse_seconds.observe(self.clock.seconds() - parsing)
+        self.log.info(
+            "Parsed a {mb:.1f} MB Cuckoo {fmt} report into {rows} results ({ids})",
+            mb=size / 1e6, fmt=extraction.format, rows=len(extraction.rows), bytes=size, ids=ids, event="parsed",
+        )
         notes: list[Note] = []
         if "behavior" in parsers and extraction.api_calls_seen > cfg.push_api_calls_max:
             notes.append(Note(f"Pushed {cfg.push_api_calls_max} of {extraction.api_calls_seen} API calls (push_api_calls_max)."))
@@ -293,7 +315,9 @@ class ParseAndSubmit(Stage):
                        f"{extraction.rows_dropped} row(s) past the row budget left out.")
             self.log.warn("{note} ({ids})", note=bounded, ids=ids)
             notes.append(Note(bounded, "warning"))
+        posting = self.clock.seconds()
         requests = await self._post_rows(crits, extraction.rows, notes, ids, progress, "report_requests")
+        metrics.crits_submit_seconds.observe(self.clock.seconds() - posting)
         self.log.info(
             "Posted {n} results from a {mb:.1f} MB Cuckoo {fmt} report in {r} request(s) ({ids})",
             n=len(extraction.rows),
@@ -301,6 +325,9 @@ class ParseAndSubmit(Stage):
             fmt=extraction.format,
             r=requests,
             ids=ids,
+            event="posted",
+            posted="results",
+            rows=len(extraction.rows),
         )
 
     async def _submit_dropped(self, task: TaskMessage, cuckoo: _Task, crits: CritsClient, ids: str, progress: dict[str, int]) -> None:
@@ -351,7 +378,10 @@ class ParseAndSubmit(Stage):
                 await self.in_thread(unpacking.__exit__, None, None, None)
         notes += [Note(f"Skipped archive entry: {why}", "warning") for why in skipped[:20]]
         await self._post_rows(crits, rows, notes, ids, progress, "dropped_requests")
-        self.log.info("Stored {n} dropped file(s), {s} skipped ({ids})", n=len(rows), s=len(skipped) + unstored, ids=ids)
+        self.log.info(
+            "Stored {n} dropped file(s), {s} skipped ({ids})",
+            n=len(rows), s=len(skipped) + unstored, ids=ids, event="posted", posted="dropped", rows=len(rows),
+        )
 
     async def _post_rows(self, crits: CritsClient, rows: Sequence[ResultRow], notes: Sequence[Note], ids: str, progress: dict[str, int], step: str) -> int:
         """
