@@ -74,8 +74,14 @@ MIN_SECRET_LENGTH = 4
 
 #: Twisted's HTTP client logs every new pooled connection at info level
 #: ("Starting factory"); with hundreds of analyses an hour that drowns the
-#: lines that matter.
-_QUIET_NAMESPACES = ("twisted.web.client._HTTP11ClientFactory",)
+#: lines that matter.  ClientService, under the AMQP connection service's
+#: name, logs each reconnection attempt with the repr of an endpoint
+#: object; L{cuckoodist.amqp.connection_log} says what matters instead
+#: (which node, refused or refused login, the next try).
+_QUIET_NAMESPACES = (
+    "twisted.web.client._HTTP11ClientFactory",
+    "cuckoodist.amqp.connection.AMQPConnectionService",
+)
 
 #: Keys whose values are credentials wherever they appear: a URL query or
 #: form (C{api_key=...}), a JSON or Python mapping (C{"api_key": "..."}).
