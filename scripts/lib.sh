@@ -95,6 +95,25 @@ ensure_venv() {
     fi
 }
 
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives
+# Debian's chromium through Debian's chromium-driver; nothing is downloaded
+# at test time. Installed when we can (root or sudo); where we cannot, or
+# the install fails, the suite runs anyway and that test is skipped with a
+# reason that says what to install.
+ensure_browser() {
+    local missing=() pkg
+    for pkg in chromium chromium-driver; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    if ! have_root; then
+        say "not installing ${missing[*]} (apt-get install needs root or sudo): the browser test will be skipped"
+        return 0
+    fi
+    apt_install "${missing[@]}" ||
+        say "could not install ${missing[*]}: the browser test will be skipped"
+}
+
 rabbitmq_answers() {
     (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
 }

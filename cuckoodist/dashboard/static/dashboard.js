@@ -112,7 +112,7 @@
       cell(tr, "when", ago(f.at, state.now));
       cell(tr, "analysis-id", f.analysis_id || "?");
       cell(tr, "stage", f.stage);
-      cell(tr, "reason", (f.final ? "final: " : "will retry: ") + f.reason);
+      cell(tr, "reason", (f.final ? "permanent: " : "transient: ") + f.reason);
       return tr;
     }), 4, "No failures lately.");
   }
