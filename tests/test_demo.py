@@ -7,9 +7,12 @@ are explained, and the demo deletes the queues it created.
 import io
 import os
 
+import treq
 import yaml
+from twisted.internet.defer import Deferred
 from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
+from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import SkipTest, TestCase
 
 from cuckoodist.amqp.connection import AMQPConnectionService
@@ -110,6 +113,37 @@ class ExampleConfigTests(DemoTestCase):
         lines = out.getvalue().splitlines()
         self.assertIn("CRITs: 2 completed, 0 failed, 0 in progress", lines[-2])
         self.assertEqual(lines[-1], f"deleted the {len(pipeline_queues(options['parsed']))} queue(s) this demo created")
+        self.assertEqual(await self.existing(options), set())
+
+
+    async def test_stays_for_the_dashboard(self) -> None:
+        """
+        With C{--stay}, the demo prints its daemon's dashboard address, and
+        the page answers after the samples are done, until the stay ends;
+        then the demo cleans up as without it.
+        """
+        self.patch(os, "environ", {})
+        sim_options = SimulateOptions()
+        sim_options.parseOptions(["--analysis-seconds", "1"])
+        try:
+            servers = start_simulators(reactor, sim_options, io.StringIO())
+        except (SimulatorStartError, CannotListenError) as e:
+            raise SkipTest(f"the default simulator ports are taken: {e}")
+        for server in servers:
+            self.addCleanup(server.close)
+        doc = _with_prefix(_example(), harness.prefix(), os.path.abspath(self.mktemp()))
+        doc["metrics"] = {"listen": "tcp:0:interface=127.0.0.1"}
+        options = self.options(doc, "--count", "1", "--run-daemon", "--timeout", "90", "--stay", "3")
+        out = io.StringIO()
+        running = Deferred.fromCoroutine(demo(reactor, options, out))
+        await harness.wait_until(lambda: "stays up" in out.getvalue(), 90, "the stay")
+        [url] = [line.split(" ", 1)[1] for line in out.getvalue().splitlines() if line.startswith("dashboard: ")]
+        response = await treq.get(url + "api/state", pool=HTTPConnectionPool(reactor, persistent=False))
+        state = await response.json()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(state["in_flight"], [])
+        self.assertEqual(await running, 0)
+        self.assertTrue(out.getvalue().splitlines()[-1].startswith("deleted the "))
         self.assertEqual(await self.existing(options), set())
 
 

@@ -23,7 +23,7 @@ import uuid
 from typing import IO, Any, Sequence
 
 import treq
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater, react
 from twisted.web.client import HTTPConnectionPool
 from twisted.logger import Logger
@@ -47,6 +47,16 @@ _HTTP_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 10.0
 
 
+def _stay_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number <= 86400:
+        raise ValueError(f"--stay takes 0 to 86400 seconds, not {value!r}")
+    return number
+
+
 def _count(value: str) -> int:
     try:
         number = int(value)
@@ -62,7 +72,8 @@ class DemoOptions(usage.Options):
     Command line of C{cuckoodist demo}.
     """
 
-    synopsis = "-c CONFIG [--count N] [--timeout SECONDS] [--broker-timeout SECONDS] [--run-daemon] [--keep-queues]"
+    synopsis = ("-c CONFIG [--count N] [--timeout SECONDS] [--broker-timeout SECONDS] [--run-daemon [--stay SECONDS]] "
+                "[--keep-queues]")
     longdesc = (
         "Publish N synthetic samples to the first feed_cuckoo queue of CONFIG, as the CRITs-side "
         "service would, and follow them in the CRITs simulator of 'cuckoodist simulate' (CONFIG's "
@@ -70,7 +81,8 @@ class DemoOptions(usage.Options):
         "the overseer. For every sample that failed it prints the reason, from the simulated "
         "CRITs' analysis log and the dump directory of CONFIG's overseer. With --run-daemon the "
         "configured stages run in this process too (no separate 'twistd cuckoodist' needed; their "
-        "log goes to CONFIG's log_file) and are stopped at the end. Unless --keep-queues is given, "
+        "log goes to CONFIG's log_file) and are stopped at the end, or --stay seconds after it, while "
+        "the dashboard (whose address it prints) is looked at. Unless --keep-queues is given, "
         "the queues of CONFIG's stages that did not exist when the demo started are deleted at "
         "the end, with their '.cleanup' queues; queues a running daemon already declared are kept. "
         "Exit status: 0 when every sample completed, 1 otherwise.")
@@ -83,6 +95,7 @@ class DemoOptions(usage.Options):
         ["count", "n", 10, "How many samples to publish (1..10000).", _count],
         ["timeout", None, 300.0, "Seconds to wait for every analysis to finish.", positive_seconds("--timeout")],
         ["broker-timeout", None, 30.0, "Seconds to wait for the broker to take the samples.", positive_seconds("--broker-timeout")],
+        ["stay", None, 0.0, "With --run-daemon: seconds the daemon and its dashboard stay up after the samples.", _stay_seconds],
     ]
     optFlags = [
         ["run-daemon", None, "Also run CONFIG's stages in this process, and stop them at the end."],
@@ -267,6 +280,7 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
     connection = AMQPConnectionService(reactor, config.amqp, log=Logger(observer=why))
     connection.startService()
     daemon = None
+    ended: Deferred | None = None
     created: list[str] = []
     try:
         try:
@@ -291,7 +305,12 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
                 f"the broker at {config.amqp.host}:{config.amqp.port} did not take the samples within "
                 f"{options['broker-timeout']:g} s" + (f" ({why.why})" if why.why else "")) from None
         print(f"published {len(requests)} analysis requests to {options['feed_queue']}", file=out)
-        return await _watch(reactor, options, wanted, state_url, pool, dump_dirs, out)
+        outcome = await _watch(reactor, options, wanted, state_url, pool, dump_dirs, out)
+        if daemon is not None and options["stay"]:
+            print(f"the daemon stays up for {options['stay']:g} s (Ctrl-C ends it sooner)", file=out, flush=True)
+            ended = Deferred()
+            await _stay(reactor, options["stay"], ended)
+        return outcome
     finally:
         if daemon is not None:
             try:
@@ -309,6 +328,29 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
             await _bounded(reactor, connection.stopService(), _CLOSE_TIMEOUT)
         except DeferredTimeout:
             pass
+        if ended is not None:
+            ended.callback(None)
+
+
+async def _stay(reactor: Any, seconds: float, ended: Deferred) -> None:
+    """
+    Keep the daemon up for C{seconds}.  Ctrl-C (the reactor shutting
+    down) ends the stay, and the shutdown waits for C{ended}: the demo's
+    clean-up (stopping the daemon, deleting its queues) still runs.
+    """
+    staying = deferLater(reactor, seconds)
+
+    def shutting_down() -> Deferred:
+        staying.cancel()
+        return ended
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+    try:
+        await staying
+    except CancelledError:
+        pass
+    else:
+        reactor.removeSystemEventTrigger(trigger)
 
 
 async def _dashboard_url(daemon: Any) -> str | None:
