@@ -47,7 +47,8 @@ async def publish_confirmed(
     @param max_priorities: queue -> C{max_priority} of its consumer, used
         only to create a queue that does not exist; an existing queue is
         published to as it is, priority queue or not
-        (L{cuckoodist.amqp.topology.ensure_queue}).
+        (L{cuckoodist.amqp.topology.ensure_queue}), as the type of
+        queue C{connection} was configured for (C{queue_type}).
     @param priorities: each message's AMQP C{priority} property, C{None}
         for none; by default no message has one.
     """
@@ -58,7 +59,9 @@ async def publish_confirmed(
             channel = await client.open_channel()
             await channel.enable_confirms()
             for queue in sorted({messages[i][0] for i in pending}):
-                await ensure_queue(client, queue, (max_priorities or {}).get(queue, 0))
+                await ensure_queue(
+                    client, queue, (max_priorities or {}).get(queue, 0), connection.queue_type
+                )
             while pending:
                 batch, rest = pending[:window], pending[window:]
                 results = await DeferredList(

@@ -86,12 +86,14 @@ class ResubmitOptions(OptionsAnywhere):
         if not os.path.isdir(self["dump_dir"]):
             raise usage.UsageError(f"{_shown(self['dump_dir'])} is not a directory")
         self["allowed_queues"] = None
+        self["queue_type"] = None
         try:
             if self["config"]:
                 config = load_config(self["config"])
                 if not self["any-queue"]:
                     self["allowed_queues"] = frozenset(s.consumer_queue for s in config.stages)
-                self["amqp_config"] = config.amqp
+                self["amqp_config"] = config.amqp_nodes
+                self["queue_type"] = config.queue_type
             else:
                 self["amqp_config"] = parse_amqp_url(self["amqp"] or DEFAULT_AMQP_URL, ("--amqp",))
         except ConfigError as e:
@@ -163,6 +165,7 @@ async def resubmit(
     allowed_queues: frozenset[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress_stream: IO[str] | None = None,
+    queue_type: str | None = None,
 ) -> tuple[int, int]:
     """
     Resubmit the dump files in C{dump_dir}.
@@ -173,6 +176,9 @@ async def resubmit(
         files not confirmed by then stay for the next run.
     @param progress_stream: where to show progress (a bar on a terminal,
         plain lines otherwise); C{None} for none.
+    @param queue_type: the configuration's C{queue_type}: the type of a
+        queue that has to be created.
+    @param amqp: an L{AmqpConfig}, or the nodes of a cluster.
     @return: C{(resubmitted, skipped)}.
     @raise TimeoutError: when the broker did not confirm everything in
         time (after the summary line is printed).
@@ -197,7 +203,9 @@ async def resubmit(
     if plan.chosen:
         messages = [(queue, body) for _, queue, body in plan.chosen]
         try:
-            await with_connection(reactor, amqp, lambda connection: publish_confirmed(connection, messages, confirmed), timeout)
+            await with_connection(
+                reactor, amqp, lambda connection: publish_confirmed(connection, messages, confirmed), timeout, queue_type
+            )
         except DeferredTimeout:
             failure = (
                 f"the broker did not confirm every message within {timeout:g} s; "
@@ -225,6 +233,7 @@ def run(options: ResubmitOptions) -> int:
                 allowed_queues=options["allowed_queues"],
                 timeout=options["timeout"],
                 progress_stream=None if options["no-progress"] else sys.stderr,
+                queue_type=options["queue_type"],
             )
         except TimeoutError as e:
             print(f"cuckoodist resubmit: {e}", file=sys.stderr)
