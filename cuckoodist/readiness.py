@@ -154,10 +154,13 @@ def _pause_reason(stage: Any) -> str:
     """
     Why a stage paused its consumer.  Only feed_cuckoo pauses (its Cuckoo
     has no room: too many pending tasks, too little disk, or no status
-    answer); it resumes by itself once a status probe finds room.
+    answer), and its capacity gate says which; it resumes by itself once a
+    status probe finds room.
     """
     config = getattr(stage, "stage_config", None)
     cuckoo = getattr(config, "cuckoo", None)
+    gate = getattr(stage, "gate", None)
+    why = getattr(gate, "full_reason", "")
     if cuckoo:
-        return f"Cuckoo {cuckoo!r} has no room (pending tasks, free disk, or no status answer); resumes when it has"
+        return f"Cuckoo {cuckoo!r} has no room ({why or 'pending tasks, free disk, or no status answer'}); resumes when it has"
     return "paused by its stage"

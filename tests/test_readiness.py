@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from cuckoodist.config import parse_config
+from cuckoodist.config import parse_amqp_url, parse_config
 from cuckoodist.readiness import Readiness
 from tests import faults, harness
 from tests.rabbitnode import SKIP_REASON, private_node
@@ -106,6 +106,35 @@ class PausedTests(ReadinessTestCase):
         await stage.consumer.resume()
         code, _, body = await get(port, "/readyz")
         self.assertEqual(json.loads(body)["stages"], {f"feed_cuckoo:{self.prefix}/feed_cuckoo": {"state": "consuming"}})
+
+    async def test_full_cuckoo_says_why(self) -> None:
+        """
+        A feed_cuckoo whose Cuckoo reports too little free disk hands its
+        request back and pauses: still ready, paused with the capacity
+        gate's own reason (the disk), until the disk frees up and the
+        request is uploaded.
+        """
+        self.peers.cuckoo.free_space = 0
+        daemon = self.daemon(harness.AMQP_URL, ["feed_cuckoo"])
+        port = await ops_port(daemon)
+        await self.readyz_until(port, 200, 30, "ready at first")
+        requests, _ = harness.requests(f"{self.prefix}/feed_cuckoo", 1)
+        await harness.publish(parse_amqp_url(harness.AMQP_URL), requests)
+        name = f"feed_cuckoo:{self.prefix}/feed_cuckoo"
+
+        async def paused() -> bool:
+            verdict = json.loads((await get(port, "/readyz"))[2])
+            return verdict["stages"][name]["state"] == "paused"
+
+        await wait_async(paused, 30, "the feed paused")
+        code, _, body = await get(port, "/readyz")
+        state = json.loads(body)["stages"][name]
+        self.assertEqual(code, 200)
+        self.assertIn("Cuckoo 'sim' has no room (", state["reason"])
+        self.assertIn("free", state["reason"])
+        self.peers.cuckoo.free_space = 400 * 1024**3
+        await harness.wait_until(
+            lambda: self.peers.cuckoo.requests.counts.get("tasks/create/file", 0) == 1, 30, "the upload")
 
     async def test_not_running(self) -> None:
         """

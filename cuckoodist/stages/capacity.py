@@ -198,6 +198,15 @@ class CapacityGate:
             self._last_reason = ""
         return room
 
+    @property
+    def full_reason(self) -> str:
+        """
+        Why the last probe found no room (C{"12 tasks pending, max_pending
+        is 12"}, C{"status unavailable: ..."}), or C{""} while there is
+        room: what C{/readyz} says of a paused feed.
+        """
+        return self._last_reason
+
     def _note(self, reason: str) -> None:
         if reason != self._last_reason:
             log.info("Cuckoo {url} is full, handing requests back: {why}", url=self._cuckoo.url, why=reason)
