@@ -11,6 +11,8 @@ ignores unknown ones):
     overseer;
   - C{"SubmittedAt"} and C{"Deadline"} on task messages, so any
     check_results instance can tell when to give up;
+  - C{"requested_at"} on analysis requests and C{"RequestedAt"} on task
+    messages, for the end-to-end latency;
   - C{"Attempts"}, C{"FirstFailure"}, C{"Final"}, C{"AnalysisId"},
     C{"TaskId"} on failed messages.
 
@@ -156,6 +158,10 @@ class AnalysisRequest:
     @ivar sha256: lower-case hex, C{""} when not given.
     @ivar priority: Cuckoo's task priority (1 to 3), or C{None} for
         Cuckoo's default.
+    @ivar requested_at: C{requested_at}, epoch seconds when the request was
+        published (the CRITs service, C{cuckoodist submit} and the demo set
+        it; the Go service did not), carried on as C{RequestedAt} for the
+        end-to-end latency.
     """
 
     payload: Mapping[str, str]
@@ -166,6 +172,7 @@ class AnalysisRequest:
     md5: str = ""
     sha256: str = ""
     priority: int | None = None
+    requested_at: float | None = None
 
     @property
     def by_reference(self) -> bool:
@@ -217,6 +224,9 @@ class AnalysisRequest:
             md5=md5,
             sha256=sha256,
             priority=_priority(doc.get("priority"), "priority"),
+            # Only a measurement: an unusable time is left out, the sample
+            # is not refused for it.
+            requested_at=_epoch(doc.get("requested_at")),
         )
 
     def encode(self) -> bytes:
@@ -230,6 +240,8 @@ class AnalysisRequest:
         doc: dict[str, Any] = {"payload": dict(self.payload), "file": file, "crits_data": self.crits.to_json()}
         if self.priority is not None:
             doc["priority"] = self.priority
+        if self.requested_at is not None:
+            doc["requested_at"] = self.requested_at
         return _dump(self.retry.add_to(doc))
 
 
@@ -257,6 +269,7 @@ class TaskMessage:
         (L{cuckoodist.task_board}).
     @ivar last_view: C{LastView}, epoch seconds of check_results' last
         per-task view, which spaces out the views that find failed tasks.
+    @ivar requested_at: C{RequestedAt}, the request's C{requested_at}.
 
     The last three are hints for check_results' timing only, dropped by
     L{for_next_stage}; Go workers ignore them (and their check_results,
@@ -275,6 +288,7 @@ class TaskMessage:
     expected_end: float | None = None
     pending_since: float | None = None
     last_view: float | None = None
+    requested_at: float | None = None
 
     @classmethod
     def decode(cls, body: bytes) -> "TaskMessage":
@@ -297,6 +311,7 @@ class TaskMessage:
             expected_end=_optional_epoch(doc.get("ExpectedEnd"), "ExpectedEnd"),
             pending_since=_optional_epoch(doc.get("PendingSince"), "PendingSince"),
             last_view=_optional_epoch(doc.get("LastView"), "LastView"),
+            requested_at=_epoch(doc.get("RequestedAt")),
         )
 
     def encode(self) -> bytes:
@@ -307,6 +322,8 @@ class TaskMessage:
         }
         if self.submitted_at is not None:
             doc["SubmittedAt"] = self.submitted_at
+        if self.requested_at is not None:
+            doc["RequestedAt"] = self.requested_at
         if self.deadline is not None:
             doc["Deadline"] = self.deadline
         if self.progress:

@@ -102,7 +102,7 @@ class Metrics:
         )
         self.end_to_end_seconds = histogram(
             "cuckoodist_end_to_end_seconds",
-            "Time from the sample's upload to Cuckoo (SubmittedAt, the pipeline's first stamp) to its CRITs analysis finished.",
+            "Time from the analysis request (its requested_at; else the upload to Cuckoo) to its CRITs analysis finished.",
             _LONG_BUCKETS,
         )
 

@@ -80,7 +80,12 @@ def bound(sample: Sample) -> Iterator[Sample]:
     try:
         yield sample
     finally:
-        _current.reset(token)
+        try:
+            _current.reset(token)
+        except ValueError:
+            # A coroutine collected unfinished is closed outside its own
+            # context, where there is nothing to restore.
+            pass
 
 
 def identify(

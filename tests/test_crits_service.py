@@ -8,6 +8,7 @@ reports to the analyst.
 import base64
 import json
 import socket
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -126,7 +127,8 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(connector.kwargs["transport_options"], {"confirm_publish": True})
         self.assertNotIn("ssl", connector.kwargs)
         self.assertEqual((exchange, routing_key), ("", "worker/feed_cuckoo"))
-        self.assertEqual(sorted(msg), ["crits_data", "file", "payload", "priority"])
+        self.assertEqual(sorted(msg), ["crits_data", "file", "payload", "priority", "requested_at"])
+        self.assertLess(abs(msg["requested_at"] - time.time()), 600)
         self.assertEqual(msg["payload"], {"package": "exe", "options": "procmemdump=yes,route=none",
                                           "timeout": "120", "machine": "win7-1", "tags": "x64,office"})
         self.assertEqual(msg["file"], {"name": "evil.exe",

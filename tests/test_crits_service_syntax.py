@@ -80,7 +80,7 @@ class SyntaxTests(SynchronousTestCase):
             " 'priority': u'2', 'timeout': 60, 'package': u'exe'})\n"
             "s = {'name': u'a.exe', 'md5': u'%s', 'sha256': None, 'object_id': u'oid',"
             " 'source': u'src', 'data': b'MZ\\x00'}\n"
-            "out = [r.build_request(c, s, u'aid')]\n"
+            "out = [r.build_request(c, s, u'aid', now=1796191602.5)]\n"
             "c['submit_mode'] = 'reference'\n"
             "out.append(r.build_request(c, s, u'aid'))\n"
             "print(json.dumps(out, sort_keys=True))\n"
@@ -93,5 +93,6 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(inline["file"], {"name": "a.exe", "data": "TVoA"})
         self.assertEqual(inline["payload"], {"package": "exe", "timeout": "60"})
         self.assertEqual(inline["priority"], 2)
+        self.assertEqual(inline["requested_at"], 1796191602.5)
         self.assertEqual(inline["crits_data"]["crits_url"], "https://crits")
         self.assertEqual(reference["file"], {"name": "a.exe", "md5": "a" * 32})

@@ -80,6 +80,24 @@ class TaskMessageTests(SynchronousTestCase):
         self.assertEqual(doc["CritsData"]["analysis_id"], "a-1")
         self.assertEqual(TaskMessage.decode(task.encode()), task)
 
+    def test_requested_at_carried(self) -> None:
+        """
+        A request's C{requested_at} becomes the task's C{RequestedAt}, which
+        every later stage keeps.  It is only a measurement: a value that is
+        no plausible time is left out, and the request still goes.
+        """
+        request = AnalysisRequest.decode(json.dumps({
+            "file": {"name": "a.exe", "data": "TVo="}, "crits_data": CRITS, "requested_at": 1796191602.5,
+        }).encode())
+        self.assertEqual(request.requested_at, 1796191602.5)
+        self.assertEqual(json.loads(request.encode())["requested_at"], 1796191602.5)
+        task = TaskMessage(7, "http://c:8090", CritsData.from_json(CRITS, "c"), requested_at=request.requested_at)
+        self.assertEqual(json.loads(task.encode())["RequestedAt"], 1796191602.5)
+        self.assertEqual(TaskMessage.decode(task.for_next_stage().encode()).requested_at, 1796191602.5)
+        for bad in ("yesterday", -1, 1e300, True, {"t": 1}):
+            body = json.dumps({"file": {"name": "a.exe", "data": "TVo="}, "crits_data": CRITS, "requested_at": bad})
+            self.assertIsNone(AnalysisRequest.decode(body.encode()).requested_at)
+
     def test_retry_kept_within_a_stage(self) -> None:
         """
         A task re-published to its own stage (a poll) keeps its retry

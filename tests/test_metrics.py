@@ -221,7 +221,8 @@ class StageHistogramTests(SynchronousTestCase):
     def test_parse_and_submit(self) -> None:
         """
         parse_and_submit times the report's fetch, parse and posting,
-        measures its size, and observes the end-to-end time at the finish.
+        measures its size, and observes the end-to-end time at the finish:
+        from the request's C{RequestedAt}, else from C{SubmittedAt}.
         """
         from tests.memory import World
         from tests.test_stage_parse_and_submit import stage
@@ -248,6 +249,16 @@ class StageHistogramTests(SynchronousTestCase):
         self.successResultOf(w.deliver(again.encode()))
         self.assertEqual(self.histogram(w, "cuckoodist_report_fetch_seconds", cuckoo="sim")[0], 2)
         self.assertEqual(self.histogram(w, "cuckoodist_end_to_end_seconds"), (1, 40))
+
+        # A request stamped requested_at: from then, not from the upload.
+        third_id = w.submit(b"MZ third")
+        w.clock.advance(40)
+        third = w.task_message(
+            third_id, submitted_at=w.clock.seconds() - 40, requested_at=w.clock.seconds() - 100,
+            crits=attrs.evolve(task.crits, analysis_id="analysis-3"),
+        )
+        self.successResultOf(w.deliver(third.encode()))
+        self.assertEqual(self.histogram(w, "cuckoodist_end_to_end_seconds"), (2, 140))
 
 
 class OverseerLabelTests(SynchronousTestCase):

@@ -4,6 +4,9 @@ what it awaits, filled in by L{identify}, copied into log events, and never
 seen by another delivery's coroutine.
 """
 
+import gc
+import sys
+
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
@@ -53,6 +56,24 @@ class BoundTests(SynchronousTestCase):
         self.assertEqual(
             sample.fields(), {"stage": "feed_cuckoo", "queue": "worker/feed_cuckoo", "analysis_id": "A1", "task_id": 7}
         )
+
+
+    def test_collected_unfinished(self) -> None:
+        """
+        A delivery's coroutine that never finishes and is collected (its
+        close runs outside its own context) leaves no error behind.
+        """
+        unraisable: list = []
+        self.patch(sys, "unraisablehook", unraisable.append)
+
+        async def stuck() -> None:
+            with bound(Sample("feed_cuckoo", "q")):
+                await Deferred()
+
+        Deferred.fromCoroutine(stuck())
+        gc.collect()
+        self.assertEqual(unraisable, [])
+        self.assertIsNone(current())
 
 
 class WithSampleFieldsTests(SynchronousTestCase):

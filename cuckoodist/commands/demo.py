@@ -149,7 +149,7 @@ def pipeline_queues(config: Config) -> list[str]:
     return names
 
 
-def _request(i: int, source: str) -> tuple[str, bytes]:
+def _request(i: int, source: str, now: float) -> tuple[str, bytes]:
     data = b"MZ\x90\x00cuckoodist demo sample %d " % i + os.urandom(32)
     md5 = hashlib.md5(data).hexdigest()
     analysis_id = str(uuid.uuid4())
@@ -160,6 +160,7 @@ def _request(i: int, source: str) -> tuple[str, bytes]:
             "analysis_id": analysis_id, "object_type": "Sample", "object_id": md5[:24],
             "md5": md5, "source": source,
         },
+        "requested_at": now,
     }
     return analysis_id, json.dumps(body).encode()
 
@@ -272,7 +273,7 @@ async def demo(reactor: Any, options: DemoOptions, out: IO[str] = sys.stdout) ->
     state_url = config.crits.url.rstrip("/") + "/_sim/state"
     pool = HTTPConnectionPool(reactor, persistent=False)
     await _crits_state(reactor, state_url, pool)
-    requests = [_request(i, "demo") for i in range(options["count"])]
+    requests = [_request(i, "demo", reactor.seconds()) for i in range(options["count"])]
     wanted = {analysis_id for analysis_id, _ in requests}
     queues = pipeline_queues(config)
     dump_dirs = [s.dump_dir for s in config.stages if s.type == "overseer"]

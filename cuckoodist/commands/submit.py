@@ -247,10 +247,10 @@ def _size_problem(size: int, options: SubmitOptions) -> str | None:
     return None
 
 
-def _request(item: _File, options: SubmitOptions) -> bytes:
+def _request(item: _File, options: SubmitOptions, now: float) -> bytes:
     """
     Read one file and build its request, checked as feed_cuckoo will
-    check it.  Runs in a worker thread.
+    check it, stamped C{requested_at} C{now}.  Runs in a worker thread.
 
     @raise _Refused: the file cannot be read or sent.
     """
@@ -280,6 +280,7 @@ def _request(item: _File, options: SubmitOptions) -> bytes:
         md5=md5,
         sha256=hashlib.sha256(data).hexdigest(),
         priority=options["priority"],
+        requested_at=now,
     )
     body = request.encode()
     try:
@@ -328,7 +329,7 @@ async def submit(reactor: Any, options: SubmitOptions, out: IO[str] = sys.stdout
         bodies = []
         for item in batch:
             try:
-                bodies.append((item, await deferToThreadPool(reactor, reactor.getThreadPool(), _request, item, options)))
+                bodies.append((item, await deferToThreadPool(reactor, reactor.getThreadPool(), _request, item, options, reactor.seconds())))
             except _Refused as e:
                 refuse(item, str(e))
         return bodies

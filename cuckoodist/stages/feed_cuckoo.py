@@ -167,6 +167,7 @@ class FeedCuckoo(Stage):
             cuckoo_url=self.cuckoo.url,
             crits=request.crits,
             submitted_at=submitted_at,
+            requested_at=request.requested_at,
             priority=request.priority,
             expected_end=submitted_at + timeout if timeout is not None else None,
         )

@@ -200,11 +200,14 @@ class ParseAndSubmit(Stage):
             return
         await retrying(self.clock, lambda: crits.finish(), f"finish {ids}")
         self.log.info("Finished CRITs analysis {ids}", ids=ids, event="finished")
-        # The pipeline's first stamp is SubmittedAt (feed_cuckoo's upload):
-        # requests carry no time of their own.  Go messages lack it; a time
-        # from the future is no duration.
-        if task.submitted_at is not None and self.clock.seconds() >= task.submitted_at:
-            self.context.metrics.end_to_end_seconds.observe(self.clock.seconds() - task.submitted_at)
+        # From the request's own time (RequestedAt: the CRITs service,
+        # submit and the demo stamp it), else from the upload (SubmittedAt,
+        # the pipeline's first stamp; requests of the Go service carry no
+        # time).  Go task messages have neither; a time from the future is
+        # no duration.
+        started = task.requested_at if task.requested_at is not None else task.submitted_at
+        if started is not None and self.clock.seconds() >= started:
+            self.context.metrics.end_to_end_seconds.observe(self.clock.seconds() - started)
         if self.cleanup_queue is not None:
             await outbox.publish_later(self.cleanup_queue, task.for_next_stage().encode(), min(cfg.cleanup_delay, _MAX_CLEANUP_DELAY), priority=task.priority)
 

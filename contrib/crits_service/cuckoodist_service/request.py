@@ -21,6 +21,7 @@ from __future__ import absolute_import, division, print_function, unicode_litera
 import base64
 import os
 import re
+import time
 
 try:  # Python 2
     from urlparse import urlsplit, urlunsplit
@@ -281,7 +282,7 @@ def _as_text(value):
     return "%s" % (value,)
 
 
-def build_request(checked, sample, analysis_id):
+def build_request(checked, sample, analysis_id, now=None):
     """
     The request for one analysis.
 
@@ -289,6 +290,9 @@ def build_request(checked, sample, analysis_id):
     @param sample: a mapping with C{name}, C{md5}, C{sha256}, C{object_id},
         C{source} and, in inline mode, C{data} (bytes).
     @param analysis_id: the CRITs analysis (task) id.
+    @param now: the time to stamp as C{requested_at} (epoch seconds), the
+        clock's by default: the pipeline measures its end-to-end latency
+        from it (Go workers ignore the key).
     @raise SampleProblem: the sample cannot be sent in the configured mode.
     """
     payload = {}
@@ -339,4 +343,5 @@ def build_request(checked, sample, analysis_id):
     }
     if checked["priority"] is not None:
         request["priority"] = checked["priority"]
+    request["requested_at"] = round(time.time() if now is None else now, 3)
     return request
