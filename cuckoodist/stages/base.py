@@ -156,6 +156,11 @@ class Stage(MultiService):
         if not consumers:
             context.metrics.consuming.labels(*labels).set_function(lambda: float(sum(c.registered for c in consumers)))
         consumers.append(self.consumer)
+        # This stage's series, looked up once rather than per delivery.
+        metrics = context.metrics
+        self._received = metrics.received.labels(*labels)
+        self._in_flight = metrics.in_flight.labels(*labels)
+        self._succeeded = metrics.succeeded.labels(*labels)
 
     async def process(self, delivery: Delivery, outbox: Outbox) -> None:
         """
@@ -171,11 +176,8 @@ class Stage(MultiService):
         Handle one delivery as the current sample (L{sample_context}), and
         count it: received, in flight, then succeeded or failed.
         """
-        labels = (self.kind, self.stage_config.consumer_queue)
-        metrics = self.context.metrics
-        metrics.received.labels(*labels).inc()
-        in_flight = metrics.in_flight.labels(*labels)
-        in_flight.inc()
+        self._received.inc()
+        self._in_flight.inc()
         # The ids are filled in by process() once it has decoded the body
         # (L{sample_context.identify}): decoding it here too would double
         # the JSON work of every message.
@@ -186,7 +188,7 @@ class Stage(MultiService):
                 # message can be named.
                 await self._handle(delivery, outbox)
         finally:
-            in_flight.dec()
+            self._in_flight.dec()
 
     def received(
         self, analysis_id: str, task_id: int | None = None, cuckoo: str | None = None, sample_name: str | None = None
@@ -215,7 +217,7 @@ class Stage(MultiService):
             self.log.failure("Bug: unexpected error in {stage}; the message is given up as a permanent failure", stage=self.kind)
             await self.give_up(delivery, outbox, PermanentError(f"internal error in {self.kind}: {type(e).__name__}: {_clip(str(e))}"))
         else:
-            self.context.metrics.succeeded.labels(self.kind, self.stage_config.consumer_queue).inc()
+            self._succeeded.inc()
             sample = current()
             if sample is not None:
                 analysis_board(self.context).passed(sample)
