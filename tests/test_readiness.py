@@ -62,7 +62,7 @@ class BrokerConnectionTests(ReadinessTestCase):
     async def test_flips_with_the_connection(self) -> None:
         """
         C{/readyz} answers 200 once the daemon consumes, 503 with an
-        C{amqp:} reason (the connection's last error) once RabbitMQ closes
+        C{amqp:} reason (the broker's close reason) once RabbitMQ closes
         the daemon's connection, and 200 again after the daemon reconnected
         by itself.
         """
@@ -78,6 +78,9 @@ class BrokerConnectionTests(ReadinessTestCase):
         self.assertFalse(verdict["ready"])
         amqp_reasons = [r for r in verdict["reasons"] if r.startswith("amqp: not connected (last error: ")]
         self.assertEqual(len(amqp_reasons), 1, verdict)
+        # The broker's own reason, not the clean TCP close after it.
+        self.assertIn("320", amqp_reasons[0])
+        self.assertIn("CONNECTION_FORCED", amqp_reasons[0])
         self.assertEqual(verdict["amqp"]["connected"], False)
 
         verdict = await self.readyz_until(port, 200, 30, "ready again after the reconnect")

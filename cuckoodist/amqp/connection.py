@@ -40,7 +40,7 @@ from txamqp.spec import load as load_spec
 from zope.interface import implementer
 
 from cuckoodist.amqp.connection_log import ConnectionLog, why_connect_failed
-from cuckoodist.amqp.protocol import AMQPClient, ConfirmingDelegate, describe_close
+from cuckoodist.amqp.protocol import AMQPClient, Closed, ConfirmingDelegate, describe_close
 from cuckoodist.amqp.tls import client_tls_options
 from cuckoodist.amqp.topology import CLASSIC, QUEUE_TYPES
 from cuckoodist.metrics import Metrics
@@ -137,7 +137,10 @@ class _LoginGate(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         if self.proxy.logged_in:
-            self._lost(reason)
+            said = getattr(self.proxy, "closed_by_broker", None)
+            # The broker's own reason (320 CONNECTION_FORCED ...), as txAMQP
+            # wraps it, rather than the clean close of the socket after it.
+            self._lost(Failure(Closed(said)) if said is not None else reason)
             self.proxy.connectionLost(reason)
         else:
             self.proxy.lost_during_login(reason)

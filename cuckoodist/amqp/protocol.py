@@ -288,6 +288,16 @@ class ConfirmingDelegate(TwistedDelegate):
             locale=self.client.locale,
         )
 
+    def connection_close(self, channel: Channel, message: Any) -> None:
+        """
+        The broker closes the connection (an operator's
+        C{close_connection}, a node shutting down): keep its reason, the
+        only place it is said, for the connection service to report
+        rather than the clean TCP close that follows.
+        """
+        self.client.closed_by_broker = message
+        super().connection_close(channel, message)
+
     def basic_ack(self, channel: Channel, message: Any) -> None:
         channel.confirmed(message.delivery_tag, message.multiple)
 
@@ -321,6 +331,8 @@ class AMQPClient(AMQClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logged_in = False
+        #: The broker's C{connection.close}, when it closed the connection.
+        self.closed_by_broker: Message | None = None
 
     @property
     def confirms_pending(self) -> int:
