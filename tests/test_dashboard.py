@@ -15,7 +15,6 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -32,6 +31,7 @@ from cuckoodist.registry import STAGES
 from cuckoodist.sample_context import Sample
 from cuckoodist.stages.base import StageContext
 from tests import harness
+from tests.memory import MemoryReactor
 
 TOKEN = "dashboard-test-token-0123456789"
 CRITS_KEY = "crits-api-key-SECRET-4242"
@@ -73,7 +73,8 @@ class Served:
     def __init__(self, testcase: TestCase, token: str = TOKEN) -> None:
         self.dump_dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dump_dir)
-        self.clock = Clock()
+        # A test clock whose thread pool runs inline (the dump files).
+        self.clock = MemoryReactor()
         self.clock.advance(1_000_000)
         self.config = parse_config(_doc(self.dump_dir, token))
         self.context = StageContext(reactor=self.clock, connection=None, http=None, config=self.config, stage_types=STAGES)
@@ -674,3 +675,36 @@ class NodeProbeTests(TestCase):
         self.assertEqual((first.pending, first.running, first.error), (0, 0, ""))
         self.assertEqual(first.free_disk, peers.cuckoo.free_space)
         await harness.wait_for(lambda: board.get("sim").probed_at > first.probed_at)
+
+
+class DumpReadingTests(TestCase):
+    async def test_read_in_a_worker_thread(self) -> None:
+        """
+        Dump files (whole messages, samples inline) are read in the
+        reactor's thread pool, each once: the page never stalls the
+        pipeline's thread on them.
+        """
+        import threading
+
+        from cuckoodist.dashboard import dumps
+
+        directory = os.path.abspath(self.mktemp())
+        store = DumpStore(directory)
+        for n in range(3):
+            store.write(DumpRecord(stage="check_results", queue="q", reason=f"why {n}", message='{"x": 1}',
+                                   analysis_id=f"a{n}", dumped_at=1000.0 + n, attempts=1))
+        threads: list[threading.Thread] = []
+        read = dumps.read_dump
+
+        def recording(path: str) -> Any:
+            threads.append(threading.current_thread())
+            return read(path)
+
+        self.patch(dumps, "read_dump", recording)
+        listing = dumps.DumpListing([directory])
+        await listing.read_new(reactor)
+        await listing.read_new(reactor)
+        count, shown = listing.snapshot()
+        self.assertEqual((count, [entry["reason"] for entry in shown]), (3, ["why 0", "why 1", "why 2"]))
+        self.assertEqual(len(threads), 3)
+        self.assertNotIn(threading.main_thread(), threads)

@@ -8,8 +8,8 @@ file holds a whole message (a sample travels inline, base64): far too
 much for a page polled every few seconds.  A dump file never changes once
 renamed into place, though.  So a L{DumpListing} lists the directory on
 each poll (names only) and reads a file only the first time it is shown,
-keeping the few fields the page shows; the rest of each poll is served
-from that.
+keeping the few fields the page shows, in the reactor's thread pool
+(L{DumpListing.read_new}); the rest of each poll is served from that.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, Iterable, Sequence
+
+from twisted.internet.threads import deferToThreadPool
 
 from cuckoodist.dump import DumpRecord
 
@@ -78,32 +80,32 @@ class DumpListing:
         if len(self._summaries) > len(files):
             self._summaries = {name: summary for name, summary in self._summaries.items() if name in files}
 
+    async def read_new(self, reactor: Any) -> None:
+        """
+        List the directories and read, in the reactor's thread pool, the
+        files about to be shown for the first time: a dump file holds a
+        whole message, a sample inline included, and reading two hundred
+        of them on the reactor's thread would stall the pipeline.
+        """
+        self._refresh()
+        new = {name: self._files[name] for name in self._order[: self._shown] if name not in self._summaries}
+        if new:
+            read = await deferToThreadPool(reactor, reactor.getThreadPool(), _summaries, new)
+            self._summaries.update(read)
+
     def snapshot(self) -> tuple[int, list[dict[str, Any]]]:
         """
         How many dump files there are, and the oldest L{SHOWN} of them:
         C{file} (the name, which is all a resubmit request may name),
-        C{analysis_id}, C{stage}, C{reason} and C{dumped_at}.
+        C{analysis_id}, C{stage}, C{reason} and C{dumped_at}, as
+        L{read_new} last found them; it reads no file itself.
         """
-        self._refresh()
         shown = []
         for name in self._order[: self._shown]:
             summary = self._summaries.get(name)
-            if summary is None:
-                summary = self._summaries[name] = self._summary(name)
-            shown.append(summary)
+            if summary is not None:
+                shown.append(summary)
         return len(self._order), shown
-
-    def _summary(self, name: str) -> dict[str, Any]:
-        record, problem = read_dump(self._files[name])
-        if record is None:
-            return {"file": name, "analysis_id": "", "stage": "", "reason": f"unreadable: {problem}", "dumped_at": None}
-        return {
-            "file": name,
-            "analysis_id": record.analysis_id,
-            "stage": record.stage,
-            "reason": record.reason,
-            "dumped_at": record.dumped_at,
-        }
 
     def paths(self, names: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
         """
@@ -125,3 +127,24 @@ class DumpListing:
             else:
                 paths.append(path)
         return paths, unknown
+
+
+def _summaries(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """
+    What the page shows of each dump file, by name.  Runs in a worker
+    thread.
+    """
+    return {name: _summary(name, path) for name, path in files.items()}
+
+
+def _summary(name: str, path: str) -> dict[str, Any]:
+    record, problem = read_dump(path)
+    if record is None:
+        return {"file": name, "analysis_id": "", "stage": "", "reason": f"unreadable: {problem}", "dumped_at": None}
+    return {
+        "file": name,
+        "analysis_id": record.analysis_id,
+        "stage": record.stage,
+        "reason": record.reason,
+        "dumped_at": record.dumped_at,
+    }

@@ -72,7 +72,7 @@ def install_dashboard(root: Resource, context: Any, stages: Sequence[Any]) -> Da
     state = DashboardState(
         context, stages, history, sampler, node_board(context), listing, bool(token), secrets_of(config, token)
     )
-    root.putChild(b"dashboard", DashboardPage(state.document, history.document, resubmitter, token))
+    root.putChild(b"dashboard", DashboardPage(state.current, history.document, resubmitter, token))
     root.putChild(b"", root_redirect())
     gates = [stage.gate for stage in stages if getattr(stage, "gate", None) is not None]
     service = DashboardService(history, state, NodeProbes(context.reactor, gates, history.interval))

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -218,8 +219,25 @@ class _JSONPage(_Guarded):
         super().__init__()
         self._document = document
 
-    def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, self._document())
+    def render_GET(self, request: Request) -> Any:
+        document = self._document()
+        if not isinstance(document, Deferred):
+            return _json(request, 200, document)
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def answer(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                log.failure("Building a dashboard document failed", outcome)
+                code, outcome = 500, {"error": "see the daemon's log"}
+            else:
+                code = 200
+            if not finished:
+                request.write(_json(request, code, outcome))
+                request.finish()
+
+        document.addBoth(answer)
+        return NOT_DONE_YET
 
 
 class _ResubmitPage(_Guarded):

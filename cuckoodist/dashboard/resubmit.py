@@ -18,6 +18,7 @@ import os
 from typing import Any, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.threads import deferToThreadPool
 
 from cuckoodist.commands.resubmit import plan_resubmit
 from cuckoodist.dashboard.dumps import DumpListing, read_dump
@@ -45,7 +46,8 @@ class Resubmitter:
     """
     Puts dump files back on their queues.
 
-    @param clock: bounds the wait for confirms.
+    @param reactor: bounds the wait for confirms, and reads the dump
+        files in its thread pool.
     @param connection: the daemon's L{AMQPConnectionService}.
     @param listing: the daemon's dump files.
     @param allowed_queues: the consumer queues of the daemon's stages.
@@ -55,14 +57,14 @@ class Resubmitter:
 
     def __init__(
         self,
-        clock: Any,
+        reactor: Any,
         connection: Any,
         listing: DumpListing,
         allowed_queues: frozenset[str],
         max_priorities: Mapping[str, int],
         timeout: float = TIMEOUT,
     ) -> None:
-        self._clock = clock
+        self._reactor = reactor
         self._connection = connection
         self._listing = listing
         self._allowed = allowed_queues
@@ -94,7 +96,11 @@ class Resubmitter:
     async def _resubmit(self, names: Iterable[str] | None) -> tuple[bool, dict[str, Any]]:
         paths, unknown = self._listing.paths(names)
         skipped = [{"file": name, "reason": "no such dump file"} for name in unknown]
-        plan = plan_resubmit(((path, *read_dump(path)) for path in paths), None, self._allowed)
+        # Reading the files (whole messages) is for a worker thread, not
+        # the reactor's.
+        plan = await deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), lambda: plan_resubmit(((path, *read_dump(path)) for path in paths), None, self._allowed)
+        )
         for path, reason in plan.skipped:
             skipped.append({"file": os.path.basename(path), "reason": reason.replace(" (see --any-queue)", "")})
         resubmitted: list[str] = []
@@ -119,7 +125,7 @@ class Resubmitter:
                 )
             )
             try:
-                await publishing.addTimeout(self._timeout, self._clock)
+                await publishing.addTimeout(self._timeout, self._reactor)
             except DeferredTimeout:
                 complete = False
                 done = set(resubmitted)

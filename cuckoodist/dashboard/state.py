@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+from twisted.internet.defer import Deferred
+
 from cuckoodist.analyses import UNSEEN_STALL, analysis_board
 
 __all__ = ["DashboardState", "IN_FLIGHT_SHOWN", "stall_after", "secrets_of", "masker"]
@@ -147,9 +149,22 @@ class DashboardState:
         self._default_stall = stall_after("", http_timeout)
         self._board = analysis_board(context)
 
+    def current(self) -> Deferred:
+        """
+        The state, as C{/dashboard/api/state} answers it, once the dump
+        files not read yet are (in the thread pool).
+        """
+
+        async def build() -> dict[str, Any]:
+            await self._dumps.read_new(self._context.reactor)
+            return self.document()
+
+        return Deferred.fromCoroutine(build())
+
     def document(self) -> dict[str, Any]:
         """
-        The state, as C{/dashboard/api/state} answers it.
+        The state from what is known now; L{current} reads new dump files
+        first.
         """
         now = self._context.reactor.seconds()
         activity = self._context.activity
