@@ -22,6 +22,7 @@ import attrs
 
 from cuckoodist.amqp.names import queue_name_problem
 from cuckoodist.amqp.protocol import Channel, ChannelClosed
+from cuckoodist.amqp.topology import reply_code
 
 __all__ = ["QueueDepth", "queue_depths"]
 
@@ -41,17 +42,6 @@ class QueueDepth:
 
     messages: int
     consumers: int
-
-
-def _reply_code(error: Exception) -> int | None:
-    """
-    The reply code of the broker's C{channel.close} behind C{error}.
-    """
-    for candidate in getattr(error, "args", ())[:1]:
-        fields = getattr(candidate, "fields", None)
-        if fields and isinstance(fields[0], int):
-            return fields[0]
-    return None
 
 
 async def _probing_channel(client: Any) -> Channel:
@@ -95,7 +85,7 @@ async def queue_depths(client: Any, names: Iterable[str]) -> dict[str, QueueDept
             try:
                 reply = await channel.queue_declare(queue=name, passive=True)
             except ChannelClosed as e:
-                if _reply_code(e) != _NOT_FOUND:
+                if reply_code(e) != _NOT_FOUND:
                     raise
                 depths[name] = None
                 channel = None

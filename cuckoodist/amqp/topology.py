@@ -49,6 +49,7 @@ from cuckoodist.amqp.protocol import Channel, ChannelClosed, describe_close
 from cuckoodist.errors import PermanentError
 
 __all__ = [
+    "reply_code",
     "CLASSIC",
     "QUORUM",
     "QUEUE_TYPES",
@@ -163,7 +164,7 @@ def _check_name(name: str) -> None:
         raise InvalidQueueName(problem)
 
 
-def _reply_code(error: Exception) -> int | None:
+def reply_code(error: Exception) -> int | None:
     """
     The reply code of the broker's C{channel.close} behind C{error}.
     """
@@ -190,7 +191,7 @@ async def declare_queue(channel: Channel, name: str, max_priority: int = 0, queu
     try:
         await channel.queue_declare(queue=name, durable=True, arguments=arguments)
     except ChannelClosed as e:
-        if _reply_code(e) == 406:
+        if reply_code(e) == 406:
             raise QueueArgumentsMismatch(name, arguments, describe_close(e)) from None
         raise
 
@@ -231,7 +232,7 @@ async def _on_own_channel(client: Any, declare: Any) -> bool:
     try:
         await declare(channel)
     except ChannelClosed as e:
-        if _reply_code(e) in (404, 406):
+        if reply_code(e) in (404, 406):
             return False
         raise
     if not channel.closed:
