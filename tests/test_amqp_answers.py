@@ -147,6 +147,33 @@ class ChannelNumberTests(TestCase):
         return Deferred.fromCoroutine(go())
 
 
+class ClosedConnectionTests(TestCase):
+    timeout = 60
+
+    def test_no_heartbeat_after_loss(self) -> Deferred:
+        """
+        A frame sent once the connection is lost does not restart the
+        heartbeat loop that the loss stopped.
+        """
+        from txamqp.connection import Frame, Heartbeat
+
+        service = AMQPConnectionService(reactor, parse_amqp_url(AMQP_URL + "?heartbeat=5", ("amqp",)))
+        service.startService()
+
+        async def go() -> None:
+            client = await service.whenConnected()
+            self.assertTrue(client.sendHB.running)
+            lost = client.disconnected.wait()
+            await service.stopService()
+            await lost
+            self.assertFalse(client.sendHB.running)
+            client.send_frame(Frame(0, Heartbeat()))
+            client.reschedule_send_heartbeat()
+            self.assertFalse(client.sendHB.running)
+
+        return Deferred.fromCoroutine(go())
+
+
 def _content(body: bytes):
     from txamqp.content import Content
 

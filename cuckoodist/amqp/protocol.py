@@ -53,9 +53,11 @@ def _answered(method: Any, args: Any) -> bool:
     """
     Whether the broker answers C{method} with C{args} and the answer is
     awaited under the channel's lock (see L{Channel.invoke}): not for
-    C{nowait}, nor for the C{channel} class's own methods.
+    C{nowait}, nor for the C{connection} and C{channel} classes' own
+    methods (the handshake, and closing), which must never wait behind an
+    answer that may not come.
     """
-    if not method.responses or method.klass.name == "channel":
+    if not method.responses or method.klass.name in ("connection", "channel"):
         return False
     field = method.fields.byname.get("nowait")
     return field is None or not args[method.fields.index(field)]
@@ -103,8 +105,9 @@ class Channel(AMQChannel):
         just after a C{basic.cancel} can be answered first, and each
         method then received the other's answer and failed.  One answered
         method at a time per channel is what AMQP clients do anyway.
-        C{channel.*} methods are exempt, so that closing a channel never
-        waits behind a method whose answer will not come.
+        C{connection.*} and C{channel.*} methods are exempt, so that
+        closing a channel or the connection never waits behind a method
+        whose answer will not come.
 
         Cancelling the result only stops the caller waiting.  A method
         still queued behind another is then not sent at all; one already
@@ -348,6 +351,17 @@ class AMQPClient(AMQClient):
         connection, not a failed login.
         """
         self.logged_in = True
+
+    def reschedule_send_heartbeat(self) -> None:
+        """
+        Restart the heartbeat timer after a frame was sent, unless the
+        connection is gone: a frame written after the loss (the answer to
+        a broker's C{connection.close} dispatched after the socket closed,
+        a frame still queued) restarted the loop that C{connectionLost}
+        had stopped, and it ran for as long as the process did.
+        """
+        if not self.closed:
+            super().reschedule_send_heartbeat()
 
     def lost_during_login(self, reason: Any) -> None:
         """
