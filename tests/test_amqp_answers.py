@@ -101,6 +101,29 @@ class AnswerOrderTests(TestCase):
 
         return Deferred.fromCoroutine(go())
 
+    def test_many_cancelled_while_queued(self) -> Deferred:
+        """
+        Thousands of calls cancelled while they wait behind one (a drain)
+        are let go without deepening the stack, and the channel still
+        answers the next call.
+        """
+
+        async def go() -> None:
+            name = f"test.answers.{uuid.uuid4().hex[:8]}"
+            self.queues.append(name)
+            first = self.channel.queue_declare(queue=name, durable=False)
+            queued = [self.channel.queue_declare(queue=name, durable=False) for _ in range(3000)]
+            for call in queued:
+                call.cancel()
+            await first
+            for call in queued:
+                with self.assertRaises(CancelledError):
+                    await call
+            reply = await self.channel.queue_declare(queue=name, durable=False)
+            self.assertEqual(reply.method.name, "declare-ok")
+
+        return Deferred.fromCoroutine(go())
+
 
 class ChannelNumberTests(TestCase):
     """

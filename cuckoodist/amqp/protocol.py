@@ -21,7 +21,7 @@ service reconnects and consumers resume, rather than stay up and silent.
 import itertools
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed, TwistedDelegate
@@ -31,6 +31,7 @@ from txamqp.message import Message
 from txamqp.protocol import AMQChannel, AMQClient
 
 from cuckoodist.amqp.wire import UnframeableValue, pack_frame, unpack_frame
+from cuckoodist.handoff import HandoffLock
 
 __all__ = ["AMQPClient", "Channel", "PublishNacked", "Closed", "ChannelClosed", "UnframeableValue"]
 
@@ -76,8 +77,10 @@ class Channel(AMQChannel):
         self._unconfirmed: dict[int, Deferred] | None = None
         self._sequence = itertools.count(1)
         self._consumer_tags: set[str] = set()
-        #: Held by the method awaiting the broker's answer (see L{invoke}).
-        self._answered_methods = DeferredLock()
+        #: Held by the method awaiting the broker's answer (see L{invoke});
+        #: a L{HandoffLock}, so that a long queue of methods cancelled while
+        #: they waited (a drain) is let go in a loop, not nested.
+        self._answered_methods = HandoffLock()
         #: Set on a channel opened to ask a question the broker answers by
         #: closing it (does this queue exist?): that close is no problem.
         self.probing = False
