@@ -105,6 +105,9 @@ class Options(usage.Options):
         "cuckoodist simulate &",
         "cuckoodist demo -c etc/cuckoodist.yaml --count 3 --run-daemon",
         "cuckoodist resubmit dump -c etc/cuckoodist.yaml",
+        "cuckoodist status -c etc/cuckoodist.yaml",
+        "cuckoodist trace ANALYSIS_ID -c etc/cuckoodist.yaml",
+        "cuckoodist submit sample.exe -c etc/cuckoodist.yaml --object-id OBJECT_ID --source SOURCE",
     )
     subCommands = [(c.name, None, c.options, c.description) for c in _COMMANDS]
 
