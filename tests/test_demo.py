@@ -67,6 +67,22 @@ class DemoTestCase(TestCase):
 
 
 class ExampleConfigTests(DemoTestCase):
+    def start_default_simulators(self) -> None:
+        """
+        Start the simulators as C{cuckoodist simulate} does by default
+        (analyses take 1 s instead of 5), for this test; skip it where the
+        default ports are taken.
+        """
+        self.patch(os, "environ", {})
+        sim_options = SimulateOptions()
+        sim_options.parseOptions(["--analysis-seconds", "1"])
+        try:
+            servers = start_simulators(reactor, sim_options, io.StringIO())
+        except (SimulatorStartError, CannotListenError) as e:
+            raise SkipTest(f"the default simulator ports are taken: {e}")
+        for server in servers:
+            self.addCleanup(server.close)
+
     def test_example_matches_simulate_defaults(self) -> None:
         """
         The example's CRITs URL, user and key and its Cuckoo URL are where
@@ -96,15 +112,7 @@ class ExampleConfigTests(DemoTestCase):
         prefix) and the dump directory (a temporary one) are overridden.
         Afterwards the demo has deleted the queues it created.
         """
-        self.patch(os, "environ", {})
-        sim_options = SimulateOptions()
-        sim_options.parseOptions(["--analysis-seconds", "1"])
-        try:
-            servers = start_simulators(reactor, sim_options, io.StringIO())
-        except (SimulatorStartError, CannotListenError) as e:
-            raise SkipTest(f"the default simulator ports are taken: {e}")
-        for server in servers:
-            self.addCleanup(server.close)
+        self.start_default_simulators()
         options = self.options(_with_prefix(_example(), harness.prefix(), os.path.abspath(self.mktemp())),
                                "--count", "2", "--run-daemon", "--timeout", "90")
         out = io.StringIO()
@@ -115,22 +123,13 @@ class ExampleConfigTests(DemoTestCase):
         self.assertEqual(lines[-1], f"deleted the {len(pipeline_queues(options['parsed']))} queue(s) this demo created")
         self.assertEqual(await self.existing(options), set())
 
-
     async def test_stays_for_the_dashboard(self) -> None:
         """
         With C{--stay}, the demo prints its daemon's dashboard address, and
         the page answers after the samples are done, until the stay ends;
         then the demo cleans up as without it.
         """
-        self.patch(os, "environ", {})
-        sim_options = SimulateOptions()
-        sim_options.parseOptions(["--analysis-seconds", "1"])
-        try:
-            servers = start_simulators(reactor, sim_options, io.StringIO())
-        except (SimulatorStartError, CannotListenError) as e:
-            raise SkipTest(f"the default simulator ports are taken: {e}")
-        for server in servers:
-            self.addCleanup(server.close)
+        self.start_default_simulators()
         doc = _with_prefix(_example(), harness.prefix(), os.path.abspath(self.mktemp()))
         doc["metrics"] = {"listen": "tcp:0:interface=127.0.0.1"}
         options = self.options(doc, "--count", "1", "--run-daemon", "--timeout", "90", "--stay", "3")

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_cli,tests.test_check_config,tests.test_submit -*-
 """
-What the commands' command lines share: options after the positional
-arguments, as GNU tools take them, and a number of seconds.
+What the commands share: options after the positional arguments, as GNU
+tools take them, a number of seconds, and running a command's coroutine
+on the reactor for its exit status.
 
 L{usage.Options} stops at the first argument that is not an option, but
 the README and the examples put the file or directory first
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import getopt
 import sys
-from typing import Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
 from twisted.python import usage
 
-__all__ = ["OptionsAnywhere", "interspersed", "positive_seconds"]
+__all__ = ["OptionsAnywhere", "interspersed", "positive_seconds", "exit_status"]
 
 
 def interspersed(options: usage.Options, argv: Sequence[str]) -> list[str]:
@@ -66,3 +69,20 @@ def positive_seconds(option: str) -> Callable[[str], float]:
         return number
 
     return coerce
+
+
+def exit_status(main: Callable[[Any], Awaitable[int]]) -> int:
+    """
+    Run C{main(reactor)} on the global reactor until it ends, and return
+    the exit status it gave, or 1 when it gave none (it raised).
+    """
+    code: list[int] = []
+
+    async def run(reactor: Any) -> None:
+        code.append(await main(reactor))
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    except SystemExit:
+        pass
+    return code[0] if code else 1

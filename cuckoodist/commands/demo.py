@@ -24,12 +24,12 @@ from typing import IO, Any, Sequence
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 from twisted.logger import Logger
 from twisted.python import usage
 
-from cuckoodist.commands.arguments import positive_seconds
+from cuckoodist.commands.arguments import exit_status, positive_seconds
 from cuckoodist.amqp.connection import AMQPConnectionService
 from cuckoodist.amqp.protocol import ChannelClosed, Closed, describe_close
 from cuckoodist.config import Config, load_config
@@ -433,17 +433,12 @@ def run(options: DemoOptions) -> int:
     """
     Run C{cuckoodist demo}: errors are one line on stderr and exit status 1.
     """
-    code: list[int] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Any) -> int:
         try:
-            code.append(await demo(reactor, options))
+            return await demo(reactor, options)
         except DemoError as e:
             print(f"cuckoodist demo: {e}", file=sys.stderr)
-            code.append(1)
+            return 1
 
-    try:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-    except SystemExit:
-        pass
-    return code[0] if code else 1
+    return exit_status(main)

@@ -29,13 +29,13 @@ from typing import IO, Any, Sequence
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, _parseServer
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from cuckoodist.commands.arguments import positive_seconds
+from cuckoodist.commands.arguments import exit_status, positive_seconds
 from cuckoodist.amqp.connection import AMQPConnectionService, where
 from cuckoodist.amqp.connection_log import why_connect_failed
 from cuckoodist.amqp.protocol import describe_close
@@ -603,17 +603,12 @@ def run(options: StatusOptions) -> int:
     """
     Run C{cuckoodist status} on the global reactor.
     """
-    code: list[int] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Any) -> int:
         try:
-            code.append(await status(reactor, options))
+            return await status(reactor, options)
         except Exception as e:  # a bug of ours: still one line, not a traceback
             print(f"cuckoodist status: failed: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
-            code.append(1)
+            return 1
 
-    try:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-    except SystemExit:
-        pass
-    return code[0] if code else 1
+    return exit_status(main)

@@ -45,13 +45,12 @@ import uuid
 from typing import IO, Any
 
 import attrs
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.task import react
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from cuckoodist.commands.progress import Progress
-from cuckoodist.commands.arguments import OptionsAnywhere, positive_seconds
+from cuckoodist.commands.arguments import OptionsAnywhere, exit_status, positive_seconds
 from cuckoodist.config import DEFAULT_AMQP_URL, load_config, parse_amqp_url
 from cuckoodist.errors import ConfigError, InvalidMessage
 from cuckoodist.messages import PRIORITIES, AnalysisRequest, CritsData
@@ -399,13 +398,6 @@ def run(options: SubmitOptions) -> int:
     """
     Run C{cuckoodist submit}.
     """
-    code: list[int] = []
-
-    async def main(reactor: Any) -> None:
-        code.append(await submit(reactor, options, progress_stream=None if options["no-progress"] else sys.stderr))
-
-    try:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-    except SystemExit:
-        pass
-    return code[0] if code else 1
+    return exit_status(
+        lambda reactor: submit(reactor, options, progress_stream=None if options["no-progress"] else sys.stderr)
+    )
