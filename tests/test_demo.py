@@ -129,9 +129,13 @@ class ExampleConfigTests(DemoTestCase):
         the page answers after the samples are done, until the stay ends;
         then the demo cleans up as without it.
         """
-        self.start_default_simulators()
-        doc = _with_prefix(_example(), harness.prefix(), os.path.abspath(self.mktemp()))
-        doc["metrics"] = {"listen": "tcp:0:interface=127.0.0.1"}
+        # Simulators on free ports: the other tests here take the defaults.
+        peers = harness.Peers(analysis_seconds=1)
+        peers.start()
+        self.addCleanup(peers.stop)
+        doc = harness.config_doc(
+            peers, harness.prefix(), os.path.abspath(self.mktemp()), metrics={"listen": "tcp:0:interface=127.0.0.1"}
+        )
         options = self.options(doc, "--count", "1", "--run-daemon", "--timeout", "90", "--stay", "3")
         out = io.StringIO()
         running = Deferred.fromCoroutine(demo(reactor, options, out))
